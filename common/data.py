@@ -1,0 +1,314 @@
+"""Unpaired image data: folders in the U-GAT-IT / CycleGAN layout, the preprocessing, and resumable sampling.
+
+A data set is a folder `<root>/<name>/` with four sub-folders `trainA`, `trainB`, `testA`, `testB`, each holding the
+images of one domain (A or B) for one phase. Every image format PIL reads is accepted; whatever its mode, an image is
+turned into 8-bit RGB before the transform.
+
+The transform is the one of the authors' PyTorch code: random horizontal flip, resize to (S + 30) x (S + 30), random
+S x S crop for training; a plain resize to S x S for testing; then [0, 255] -> [-1, 1].
+
+`UnpairedSteps` draws the (a, b) pairs of a training run as a pure function of (seed, sample index), so that a run
+resumed at step n sees exactly the batches the uninterrupted run would have seen.
+"""
+
+import os
+import shutil
+import tempfile
+import urllib.request
+import warnings
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import Dataset
+
+
+class DataError(Exception):
+    """A problem with the user's data, with a one-line message saying what to do (the CLI prints it, exits 2)."""
+
+
+def _openable_extensions() -> frozenset[str]:
+    """Lower-case extensions of the formats PIL can decode."""
+    Image.init()  # loads every format plugin, so that the registry below is complete
+
+    def decodable(fmt: str) -> bool:
+        # Stub formats (HDF5, GRIB, ...) are registered but need an external handler: PIL cannot decode them alone.
+        # The registry holds a class, or a plain function for formats with variants (JPEG/MPO).
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if decodable(fmt))
+
+
+IMG_EXTENSIONS = _openable_extensions()
+
+SPLITS = ("trainA", "trainB", "testA", "testB")
+UGATIT_URL = "https://github.com/taki0112/UGATIT"
+CYCLEGAN_URL = "https://efrosgans.eecs.berkeley.edu/cyclegan/datasets"
+CYCLEGAN_DATASETS = (
+    "horse2zebra", "apple2orange", "summer2winter_yosemite", "monet2photo", "cezanne2photo", "ukiyoe2photo",
+    "vangogh2photo", "maps", "cityscapes", "facades", "iphone2dslr_flower",
+)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pixels: any PIL mode -> RGB -> tensor
+
+
+def _stretch(a: np.ndarray) -> np.ndarray:
+    """Maps the array's own [min, max] onto [0, 255], for data with no known range."""
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a, dtype=np.float64)
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit int and float grayscale -> 8-bit 'L', keeping the full range (PIL's convert would clip at 255)."""
+    a = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        a8 = a.astype(np.int64) >> 8
+    elif img.mode == "I" and a.min() >= 0 and a.max() <= 65535:
+        a8 = a.astype(np.int64) >> 8  # how PIL hands over most 16-bit files (TIFF, PGM) in a 32-bit container
+    elif img.mode == "F" and a.min() >= 0 and a.max() <= 1:
+        a8 = a * 255.0  # float images are by convention in [0, 1]
+    else:
+        a8 = _stretch(a.astype(np.float64))
+    return Image.fromarray(np.clip(np.rint(a8), 0, 255).astype(np.uint8), mode="L")
+
+
+def _over_white(img: Image.Image) -> Image.Image:
+    """Composites an image with alpha over a white background (transparent pixels become white, not black)."""
+    rgba = img.convert("RGBA")  # also turns a palette or colour-key transparency into an alpha channel
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB version of `img`, whatever its mode; an RGB image without transparency is returned as is."""
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _high_depth_to_l(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in img.info:
+        return _over_white(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB image -> float32 3 x H x W in [-1, 1] (torchvision's ToTensor then Normalize(0.5, 0.5))."""
+    chw = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(chw)) / 127.5 - 1.0
+
+
+def transform(img: Image.Image, img_size: int, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The authors' preprocessing; every random draw comes from `generator` (the global torch RNG if None)."""
+    img = to_rgb(img)
+    if not train:
+        return _to_tensor(img.resize((img_size, img_size), Image.Resampling.BILINEAR))
+    if torch.rand(1, generator=generator).item() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    big = img_size + 30  # resizing first lets images smaller than the crop through
+    img = img.resize((big, big), Image.Resampling.BILINEAR)
+    top, left = torch.randint(0, big - img_size + 1, (2,), generator=generator).tolist()
+    return _to_tensor(img.crop((left, top, left + img_size, top + img_size)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One domain's images in a folder
+
+
+def _candidates(path: Path) -> list[Path]:
+    """The image files under `path`, in an order that is the same on every machine."""
+    if path.is_file():
+        return [path]
+
+    def wanted(p: Path) -> bool:
+        # Hidden entries are OS litter (.DS_Store, macOS '._x.jpg' twins, .ipynb_checkpoints), not data.
+        rel = p.relative_to(path)
+        return p.suffix.lower() in IMG_EXTENSIONS and not any(part.startswith(".") for part in rel.parts)
+
+    files = (p for p in path.rglob("*") if p.is_file() and wanted(p))
+    return sorted(files, key=lambda p: p.relative_to(path).as_posix())
+
+
+def _readable(path: Path) -> bool:
+    # Any exception means PIL cannot read the file; which one depends on the format plugin.
+    try:
+        with Image.open(path) as im:
+            im.verify()  # checks structure (and PNG checksums) without decoding every pixel: fast on large sets
+        return True
+    except Exception:
+        return False
+
+
+def _find_images(path: Path) -> list[Path]:
+    """The readable images under `path`; warns once about unreadable ones, raises DataError if none is left."""
+    if not path.exists():
+        raise DataError(f"{path} does not exist: give a folder of images or an image file")
+    candidates = _candidates(path)
+    if not candidates:
+        raise DataError(f"no image files in {path}: put the domain's images (.jpg, .png, ...) in this folder")
+    readable = {p: _readable(p) for p in candidates}
+    good = [p for p in candidates if readable[p]]
+    bad = [p for p in candidates if not readable[p]]
+    if not good:
+        raise DataError(
+            f"no readable image in {path}: PIL could not open any of its {len(bad)} image file(s) "
+            f"(e.g. {bad[0].name}); put valid .jpg/.png images in this folder"
+        )
+    if bad:
+        shown = ", ".join(p.relative_to(path).as_posix() for p in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        warnings.warn(f"skipping {len(bad)} unreadable image file(s) in {path}: {shown}{more}", stacklevel=3)
+    return good
+
+
+class FolderDomain(Dataset):
+    """The images of one domain: a folder (searched recursively) or a single image file."""
+
+    def __init__(self, path: str | Path, img_size: int, train: bool):
+        self.path = Path(path)
+        self.img_size = img_size
+        self.train = train
+        self.files = _find_images(self.path)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _open(self, i: int) -> Image.Image:
+        path = self.files[i]
+        try:
+            with Image.open(path) as im:
+                im.load()  # decode while the file is open
+                return to_rgb(im)
+        except Exception as e:  # the scan's verify() does not decode pixels, so a broken file can surface only here
+            raise DataError(f"cannot decode {path}: {e}; remove or replace this file") from e
+
+    def get(self, i: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return transform(self._open(i), self.img_size, self.train, generator)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.get(i)
+
+    def name(self, i: int) -> str:
+        return self.files[i].stem
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data sets: the four domains
+
+
+def _where_to_get(dataset: str, root: Path) -> str:
+    name = Path(dataset).name
+    if name == "selfie2anime":
+        return (
+            f"get it from the 'selfie2anime' dataset link in the U-GAT-IT authors' README ({UGATIT_URL}) "
+            f"and unzip it into {root / name}"
+        )
+    if name in CYCLEGAN_DATASETS:
+        return f"download {CYCLEGAN_URL}/{name}.zip and unzip it into {root} (or pass --download)"
+    return (
+        "put domain A's images in trainA/testA and domain B's in trainB/testB "
+        "(or use the built-in data set 'shapes')"
+    )
+
+
+def _dataset_folder(dataset: str, root: Path) -> Path:
+    """The folder of `dataset`: <root>/<dataset>, else `dataset` itself as a path; checks trainA and trainB."""
+    expected = f"expected sub-folders {', '.join(SPLITS)}"
+    looked = list(dict.fromkeys([root / dataset, Path(dataset)]))
+    folder = next((p for p in looked if p.is_dir()), None)
+    if folder is None:
+        where = " or ".join(str(p) for p in looked)
+        raise DataError(f"data set {dataset!r} not found in {where} ({expected}); {_where_to_get(dataset, root)}")
+    missing = [s for s in ("trainA", "trainB") if not (folder / s).is_dir()]
+    if missing:
+        raise DataError(f"{folder} has no {' and no '.join(missing)} ({expected}); {_where_to_get(dataset, root)}")
+    return folder
+
+
+def load_unpaired(dataset: str, img_size: int, root: str | Path = "dataset", seed: int = 0) -> dict[str, Dataset]:
+    """{'trainA', 'trainB', 'testA', 'testB'} -> domain; a missing test folder gives None (only testing needs it)."""
+    if dataset == "shapes":
+        from common.shapes import ShapesDomain  # imported here: only this data set needs the generator's code
+
+        return {f"{split}{d}": ShapesDomain(d, split, img_size, seed=seed) for split in ("train", "test") for d in "AB"}
+    folder = _dataset_folder(dataset, Path(root))
+    return {
+        s: FolderDomain(folder / s, img_size, train=s.startswith("train")) if (folder / s).is_dir() else None
+        for s in SPLITS
+    }
+
+
+def _check_members(archive: zipfile.ZipFile) -> None:
+    """Refuses archives whose members would land outside the target folder (absolute paths, '..', drives)."""
+    for member in archive.namelist():
+        parts = PurePosixPath(member.replace("\\", "/")).parts
+        if member.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+            raise DataError(f"unsafe path {member!r} in the archive")
+
+
+def download_cyclegan(name: str, root: str | Path = "dataset", base_url: str = CYCLEGAN_URL) -> Path:
+    """Downloads and unzips <base_url>/<name>.zip into <root>/<name>/ unless it is there already; returns that."""
+    root = Path(root)
+    target = root / name
+    if all((target / s).is_dir() for s in SPLITS):
+        return target
+    url = f"{base_url.rstrip('/')}/{name}.zip"
+    root.mkdir(parents=True, exist_ok=True)
+    created = not target.exists()  # only then may a failure remove it: it holds nothing of the user's
+    fd, tmp = tempfile.mkstemp(suffix=".zip.part", dir=root)  # in root: same disk as the data, no /tmp size limit
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, out, 1 << 20)
+        with zipfile.ZipFile(tmp) as archive:
+            _check_members(archive)
+            archive.extractall(root)
+        missing = [s for s in SPLITS if not (target / s).is_dir()]
+        if missing:
+            raise DataError(f"the archive has no {name}/{missing[0]} folder")
+    except Exception as e:  # network, HTTP, disk or archive errors: all leave nothing half-done behind
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        raise DataError(f"could not get {url}: {e}") from e
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resumable unpaired sampling
+
+
+def _generator(seed: int, stream: int, n: int) -> torch.Generator:
+    """A generator for (seed, stream, n), independent of the others; SeedSequence, unlike hash(), is stable."""
+    state = np.random.SeedSequence((seed, stream, n)).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class UnpairedSteps(Dataset):
+    """Sample k (= step * batch_size + j) -> (a, b), a pure function of (seed, k).
+
+    Each domain is walked in a fresh random order every epoch of its own length, so A and B are paired differently
+    every time, and nothing depends on what was drawn before k: resuming or changing the number of workers changes
+    no batch.
+    """
+
+    def __init__(self, A, B, seed: int = 0):
+        self.A = A
+        self.B = B
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return 2**62  # unbounded in practice: the sampler's range picks the steps
+
+    def _index(self, domain, stream: int, k: int) -> int:
+        # The permutation is recomputed per sample rather than cached: it costs far less than decoding an image.
+        epoch, j = divmod(k, len(domain))
+        return int(torch.randperm(len(domain), generator=_generator(self.seed, stream, epoch))[j])
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = int(k)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        augment = _generator(self.seed, 2, k)
+        a = self.A.get(self._index(self.A, 0, k), generator=augment)
+        b = self.B.get(self._index(self.B, 1, k), generator=augment)
+        return a, b

@@ -1,0 +1,395 @@
+"""The harness every paper script hands its model to: CLI, data, device, the training loop, checkpoints, samples,
+the JSONL log and the test phase. Nothing here is in any paper; a paper file holds its networks, losses and
+`train_step`, and ends with `main(...)`.
+
+A model is any object with
+    nets         dict name -> nn.Module, saved under these names
+    optimizers   dict name -> torch.optim.Optimizer
+    train_step(real_A, real_B) -> dict of scalar loss tensors (one iteration: every update of the paper)
+    translate(x, direction)    -> (image, attention map), direction "A2B" or "B2A"
+
+Runs live in <result_dir>/<model>/<dataset>/: checkpoints/latest.pt, samples/, log.jsonl, test/.
+Exact resume: a training batch is a pure function of (--seed, step) (common.data.UnpairedSteps), and a checkpoint
+holds the networks, the optimizers, the learning-rate schedule, the step and the RNG states.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.data import DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_unpaired
+from common.images import grid, overlay
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def str2bool(value):
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def add_bool(parser, flag, default, help):
+    """A boolean flag as the authors' scripts take it: bare (`--light`) or with a value (`--light False`)."""
+    parser.add_argument(flag, type=str2bool, nargs="?", const=True, default=default,
+                        help=f"{help} (default {default})")
+
+
+def build_parser(name, description, defaults):
+    """The flags shared by all five scripts, spelled as in the authors' U-GAT-IT code. `defaults` maps a flag to
+    (value, where the value comes from); the paper file gives these, so each help says its source."""
+    p = argparse.ArgumentParser(prog=f"python {name}.py", description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def arg(flag, type, help, **kw):
+        value, source = defaults[flag.lstrip("-")]
+        p.add_argument(flag, type=type, default=value, help=f"{help} (default {value}: {source})", **kw)
+
+    p.add_argument("--dataset", "--data", default=None,
+                   help="'shapes' (embedded, no download), a name under --data_root (selfie2anime, horse2zebra, ...), "
+                        "or a folder holding trainA/ trainB/ testA/ testB/ (default: shapes with a small CPU preset)")
+    p.add_argument("--data_root", default="dataset", help="where named data sets live, as in the authors' code "
+                                                           "(default dataset/)")
+    add_bool(p, "--download", False, "download a CycleGAN data set (horse2zebra, apple2orange, ...) if missing")
+    p.add_argument("--phase", choices=("train", "test"), default="train", help="train, or translate the test "
+                   "sets with the latest checkpoint (default train)")
+    arg("--iteration", int, "training iterations")
+    arg("--batch_size", int, "images per domain per iteration")
+    arg("--print_freq", int, "write a sample grid every N iterations")
+    arg("--save_freq", int, "write a checkpoint every N iterations (and on Ctrl-C)")
+    p.add_argument("--log_freq", type=int, default=10, help="write a log.jsonl line every N iterations (default 10)")
+    add_bool(p, "--decay_flag", defaults["decay_flag"][0],
+             f"decay the learning rate linearly to 0 over the second half ({defaults['decay_flag'][1]})")
+    arg("--lr", float, "Adam learning rate")
+    arg("--weight_decay", float, "Adam weight decay")
+    arg("--img_size", int, "training crop size S (images are resized to S+30 first)")
+    p.add_argument("--img_ch", type=int, default=3, choices=(3,), help="image channels; RGB only (default 3)")
+    p.add_argument("--result_dir", default="runs", help="runs go to <result_dir>/<model>/<dataset>/ (default runs)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "
+                                                     "(default auto)")
+    add_bool(p, "--resume", False, "continue from <run>/checkpoints/latest.pt")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and the augmentation "
+                                                       "(default 0)")
+    p.add_argument("--input", default=None, help="test phase: translate this image file or folder instead of the "
+                                                 "test sets")
+    p.add_argument("--direction", choices=("A2B", "B2A"), default="A2B", help="direction for --input (default A2B)")
+    return p
+
+
+def given(argv, parser, dest):
+    """Whether the user typed the flag for `dest` (any alias, `--flag value` or `--flag=value`)."""
+    flags = next(a.option_strings for a in parser._actions if a.dest == dest)
+    return any(tok == f or tok.startswith(f + "=") for tok in argv for f in flags)
+
+
+def parse_args(parser, argv, preset):
+    """With no --dataset: the embedded `shapes` data and `preset` for every flag the user did not type."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if args.dataset is None:
+        args.dataset = "shapes"
+        for dest, value in preset.items():
+            if not given(argv, parser, dest):
+                setattr(args, dest, value)
+    if args.input is not None and args.phase != "test":
+        raise UsageError("--input translates images with a trained model: use it with --phase test")
+    if args.img_size < 32:
+        raise UsageError(f"--img_size {args.img_size}: use 32 or more (64 and up is what the papers' networks suit)")
+    for flag in ("iteration", "batch_size", "print_freq", "save_freq", "log_freq"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least 1")
+    return args
+
+
+def choose_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this torch sees no CUDA GPU (use --device cpu, or install a CUDA build)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available here (use --device cpu)")
+    return device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(iteration, decay):
+    """Constant for the first half, then linear to 0 at the last iteration (U-GAT-IT §B.2; CycleGAN likewise)."""
+    half = iteration // 2
+
+    def factor(step):
+        if not decay or step < half:
+            return 1.0
+        return max(0.0, (iteration - step) / max(1, iteration - half))
+    return factor
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+
+def rng_state():
+    _, keys, pos, _, _ = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": keys.tolist(), "numpy_pos": int(pos),
+             "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, model, schedulers, step, args):
+    """Atomic: written to a temporary file, fsynced, then renamed over the old one, so a crash or Ctrl-C at any
+    moment leaves either the previous checkpoint or the new one, never half of one."""
+    state = {"step": step, "args": vars(args),
+             "nets": {k: m.state_dict() for k, m in model.nets.items()},
+             "optimizers": {k: o.state_dict() for k, o in model.optimizers.items()},
+             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+             "rng": rng_state()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})")
+
+
+def load_nets(nets, saved, path):
+    """Load state dicts, or name every key that does not fit: a checkpoint of another configuration."""
+    problems = []
+    for name, net in nets.items():
+        ours, theirs = net.state_dict(), saved.get(name, {})
+        problems += [f"{name}.{k} missing" for k in ours if k not in theirs]
+        problems += [f"{name}.{k} unexpected" for k in theirs if k not in ours]
+        problems += [f"{name}.{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)} here" for k, v in ours.items()
+                     if k in theirs and theirs[k].shape != v.shape]
+    if problems:
+        shown = ", ".join(problems[:6]) + (f" and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise UsageError(f"{path} was written by another configuration ({shown}); use the flags it was trained "
+                         f"with, or another --result_dir")
+    for name, net in nets.items():
+        net.load_state_dict(saved[name])
+
+
+# --- the run ---------------------------------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, args, model_name):
+        self.root = Path(args.result_dir) / model_name / Path(args.dataset).name
+        self.checkpoint = self.root / "checkpoints" / "latest.pt"
+        self.samples = self.root / "samples"
+        self.log = self.root / "log.jsonl"
+        self.test = self.root / "test"
+
+    def write_log(self, record):
+        with open(self.log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_log(self, step):
+        """On resume, drop lines for steps after the checkpoint (they will be run again)."""
+        if self.log.exists():
+            keep = [l for l in self.log.read_text().splitlines() if json.loads(l).get("step", 0) <= step]
+            tmp = self.log.with_suffix(".tmp")
+            tmp.write_text("".join(l + "\n" for l in keep))
+            os.replace(tmp, self.log)
+
+
+def sample_grid(model, A, B, device, n=4):
+    """Rows: input | attention over input | translation | translated back, for n images of each domain."""
+    rows = []
+    for domain, direction, back in ((A, "A2B", "B2A"), (B, "B2A", "A2B")):
+        x = torch.stack([domain.get(i) for i in range(min(n, len(domain)))]).to(device)
+        with torch.no_grad():
+            y, att = model.translate(x, direction)
+            x_back, _ = model.translate(y, back)
+        for i in range(len(x)):
+            rows.append([x[i], overlay(x[i], att[i]) if att is not None else x[i], y[i], x_back[i]])
+    return grid(rows)
+
+
+class StopFlag:
+    """First Ctrl-C: finish the current iteration, save, stop. Second: stop at once (the last checkpoint stays)."""
+
+    def __init__(self):
+        self.set = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, *_):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+        tqdm.write("Ctrl-C: saving after this iteration (press again to quit without saving)")
+
+    def __exit__(self, *_):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def train(model, args, data, run, device):
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_factor(args.iteration, args.decay_flag))
+                  for k, o in model.optimizers.items()}
+    start = 0
+    if args.resume and run.checkpoint.exists():
+        state = load_checkpoint(run.checkpoint)
+        load_nets(model.nets, state["nets"], run.checkpoint)
+        for k, o in model.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        set_rng_state(state["rng"])
+        start = state["step"]
+        run.truncate_log(start)
+        print(f"resumed from {run.checkpoint} at iteration {start}")
+    elif run.checkpoint.exists():
+        raise UsageError(f"{run.checkpoint} exists: add --resume to continue that run, or choose another "
+                         f"--result_dir to start a new one")
+    elif args.resume:
+        print(f"--resume: no checkpoint at {run.checkpoint} yet; starting at iteration 0")
+    if start >= args.iteration:
+        print(f"already at iteration {start} of --iteration {args.iteration}: nothing to train")
+        return
+
+    steps = UnpairedSteps(data["trainA"], data["trainB"], seed=args.seed)
+    workers = min(4, (os.cpu_count() or 1) // 2) if device.type == "cuda" else 0
+    loader = torch.utils.data.DataLoader(steps, batch_size=args.batch_size, num_workers=workers,
+                                         sampler=range(start * args.batch_size, args.iteration * args.batch_size),
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    show_A, show_B = data["testA"] or data["trainA"], data["testB"] or data["trainB"]
+    run.samples.mkdir(parents=True, exist_ok=True)
+    step, t0 = start, time.time()
+    bar = tqdm(total=args.iteration, initial=start, dynamic_ncols=True, desc=run.root.parent.name)
+    with StopFlag() as stop:
+        for real_A, real_B in loader:
+            losses = model.train_step(real_A.to(device, non_blocking=True), real_B.to(device, non_blocking=True))
+            values = {k: v.item() for k, v in losses.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                bar.close()
+                bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
+                kept = f"the last good checkpoint ({run.checkpoint}) is kept" if run.checkpoint.exists() else \
+                    "no checkpoint was written yet"
+                raise UsageError(f"loss {bad} is not finite at iteration {step + 1}: stopped; {kept} (try a lower "
+                                 f"--lr, or --resume to retry from it)")
+            for s in schedulers.values():
+                s.step()
+            step += 1
+            bar.update()
+            if step % args.log_freq == 0 or step == args.iteration:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+                run.write_log({"step": step, "time": round(time.time() - t0, 3),
+                               "lr": next(iter(model.optimizers.values())).param_groups[0]["lr"], **values})
+            if step % args.print_freq == 0 or step == args.iteration:
+                sample_grid(model, show_A, show_B, device).save(run.samples / f"{step:07d}.png")
+            if step % args.save_freq == 0 or step == args.iteration or stop.set:
+                save_checkpoint(run.checkpoint, model, schedulers, step, args)
+            if stop.set:
+                bar.close()
+                print(f"stopped at iteration {step}; checkpoint {run.checkpoint}; continue with --resume")
+                return
+    bar.close()
+    print(f"done: {step} iterations in {time.time() - t0:.0f} s; checkpoint {run.checkpoint}, samples {run.samples}")
+    if args.dataset == "shapes":
+        evaluate(model, data, run, step, device)
+
+
+def evaluate(model, data, run, step, device):
+    from common.metrics import shapes_report
+    report = shapes_report(model.translate, data["testA"], data["testB"], device)
+    run.write_log({"step": step, "eval": report})
+    print("shapes evaluation (test sets): " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+    return report
+
+
+def translate_all(model, domain, direction, out, device, batch_size=8):
+    """Each output written beside its input and its attention map: input | attention | output."""
+    out.mkdir(parents=True, exist_ok=True)
+    for first in range(0, len(domain), batch_size):
+        idx = range(first, min(first + batch_size, len(domain)))
+        x = torch.stack([domain.get(i) for i in idx]).to(device)
+        with torch.no_grad():
+            y, att = model.translate(x, direction)
+        for j, i in enumerate(idx):
+            tiles = [x[j], overlay(x[j], att[j]) if att is not None else x[j], y[j]]
+            grid([tiles]).save(out / f"{domain.name(i)}.png")
+    print(f"{direction}: {len(domain)} images -> {out}")
+
+
+def test(model, args, data, run, device):
+    if not run.checkpoint.exists():
+        raise UsageError(f"no checkpoint at {run.checkpoint}: train first (same --dataset and --result_dir)")
+    state = load_checkpoint(run.checkpoint)
+    load_nets(model.nets, state["nets"], run.checkpoint)
+    for net in model.nets.values():
+        net.eval()
+    if args.input is not None:
+        translate_all(model, FolderDomain(args.input, args.img_size, train=False), args.direction,
+                      run.test / f"{args.direction}_{Path(args.input).stem}", device)
+        return
+    if data["testA"] is None or data["testB"] is None:
+        raise UsageError(f"{args.dataset}: no testA/ and testB/ folders to translate (or use --input PATH)")
+    translate_all(model, data["testA"], "A2B", run.test / "A2B", device)
+    translate_all(model, data["testB"], "B2A", run.test / "B2A", device)
+    if args.dataset == "shapes":
+        report = evaluate(model, data, run, state["step"], device)
+        (run.test / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+def main(name, description, defaults, preset, add_arguments, make_model, argv=None):
+    """Everything after `if __name__ == "__main__":` in a paper script."""
+    parser = build_parser(name, description, defaults)
+    add_arguments(parser)
+    try:
+        args = parse_args(parser, argv, preset)
+        device = choose_device(args.device)
+        print(f"{name}: " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None)
+              + f"  [device {device}]")
+        if args.download:
+            download_cyclegan(args.dataset, args.data_root)
+        data = None if args.input else load_unpaired(args.dataset, args.img_size, root=args.data_root,
+                                                     seed=args.seed)
+        seed_everything(args.seed)
+        model = make_model(args, device)
+        run = Run(args, name)
+        (train if args.phase == "train" else test)(model, args, data, run, device)
+    except (UsageError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

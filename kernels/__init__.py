@@ -1,0 +1,25 @@
+"""Fused ops for the GPU hot path, one op per file (see DESIGN.md, "kernels/").
+
+Each op file holds a readable PyTorch reference (the CPU path and the spec the kernels are tested against) and one
+public function that picks the implementation. `backend(x)` is that choice, shared by every op:
+
+- ATTNGAN_KERNELS=torch   always the PyTorch reference;
+- ATTNGAN_KERNELS=triton  always the Triton kernels (on CPU tensors only under TRITON_INTERPRET=1, as the tests do);
+- unset or "auto"         Triton for CUDA tensors when triton imports, the reference elsewhere.
+"""
+import importlib.util
+import os
+
+CHOICES = ("auto", "torch", "triton")
+
+
+def backend(x, has_triton=True):
+    """Which implementation runs for tensor x; has_triton=False for an op whose kernel is not written yet."""
+    choice = os.environ.get("ATTNGAN_KERNELS", "auto")
+    if choice not in CHOICES:
+        raise ValueError(f"ATTNGAN_KERNELS={choice!r}: use one of {', '.join(CHOICES)}")
+    if choice == "auto":
+        return "triton" if has_triton and x.is_cuda and importlib.util.find_spec("triton") else "torch"
+    if choice == "triton" and not has_triton:
+        raise NotImplementedError("ATTNGAN_KERNELS=triton: this op has no Triton kernel yet; unset ATTNGAN_KERNELS")
+    return choice

@@ -1,0 +1,389 @@
+"""Tests of common/data.py: layout discovery, mode conversion, transforms, file checks, resumable sampling, download."""
+
+import functools
+import importlib.util
+import io
+import threading
+import warnings
+import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, features
+
+from common.data import (
+    IMG_EXTENSIONS,
+    DataError,
+    FolderDomain,
+    UnpairedSteps,
+    download_cyclegan,
+    load_unpaired,
+    to_rgb,
+    transform,
+)
+
+S = 16  # small images keep the suite fast
+
+
+def noise_image(w=40, h=30, seed=0, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+
+
+def make_dataset(folder, n=3, splits=("trainA", "trainB", "testA", "testB")):
+    for split in splits:
+        (folder / split).mkdir(parents=True)
+        for i in range(n):
+            noise_image(seed=i).save(folder / split / f"{split}_{i}.png")
+    return folder
+
+
+def pixel(img, xy=(0, 0)):
+    return tuple(to_rgb(img).getpixel(xy))
+
+
+# --- layout -----------------------------------------------------------------------------------------------------------
+
+
+def test_layout_found_via_root_and_via_direct_path(tmp_path):
+    make_dataset(tmp_path / "data" / "toy", n=3)
+    for domains in (load_unpaired("toy", S, root=tmp_path / "data"), load_unpaired(str(tmp_path / "data" / "toy"), S)):
+        assert set(domains) == {"trainA", "trainB", "testA", "testB"}
+        assert all(len(d) == 3 for d in domains.values())
+        assert domains["trainA"].train and not domains["testA"].train
+        assert domains["testB"].name(0) == "testB_0"
+
+
+def test_missing_test_folders_give_none_but_missing_train_is_an_error(tmp_path):
+    make_dataset(tmp_path / "toy", splits=("trainA", "trainB"))
+    domains = load_unpaired("toy", S, root=tmp_path)
+    assert domains["testA"] is None and domains["testB"] is None
+    make_dataset(tmp_path / "half", splits=("trainA", "testA", "testB"))
+    with pytest.raises(DataError, match="trainB"):
+        load_unpaired("half", S, root=tmp_path)
+
+
+def test_missing_dataset_message_says_what_to_do(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_unpaired("selfie2anime", S, root=tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "selfie2anime") in msg
+    assert all(split in msg for split in ("trainA", "trainB", "testA", "testB"))
+    assert "https://github.com/taki0112/UGATIT" in msg
+    with pytest.raises(DataError, match="https://efrosgans.eecs.berkeley.edu/cyclegan/datasets/horse2zebra.zip"):
+        load_unpaired("horse2zebra", S, root=tmp_path)
+    with pytest.raises(DataError, match="trainA") as err:
+        load_unpaired("my_own_pairs", S, root=tmp_path)
+    assert "http" not in str(err.value)
+
+
+def test_shapes_branch_uses_shapes_domain():
+    if importlib.util.find_spec("common.shapes") is None:
+        pytest.skip("common/shapes.py is not written yet")
+    from common.shapes import ShapesDomain
+
+    domains = load_unpaired("shapes", S, seed=3)
+    assert set(domains) == {"trainA", "trainB", "testA", "testB"}
+    assert all(isinstance(d, ShapesDomain) and len(d) > 0 for d in domains.values())
+
+
+# --- modes -> RGB -----------------------------------------------------------------------------------------------------
+
+
+def test_grayscale_to_rgb():
+    img = to_rgb(Image.new("L", (2, 2), 77))
+    assert img.mode == "RGB" and img.getpixel((1, 1)) == (77, 77, 77)
+
+
+def test_palette_to_rgb():
+    img = Image.new("P", (2, 1))
+    img.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    img.putpixel((1, 0), 1)
+    assert pixel(img, (0, 0)) == (0, 0, 0) and pixel(img, (1, 0)) == (10, 200, 30)
+
+
+def test_palette_transparency_becomes_white():
+    img = Image.new("P", (2, 1))
+    img.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    img.putpixel((1, 0), 1)
+    img.info["transparency"] = 0
+    assert pixel(img, (0, 0)) == (255, 255, 255) and pixel(img, (1, 0)) == (10, 200, 30)
+
+
+def test_rgba_is_composited_over_white():
+    img = Image.new("RGBA", (3, 1))
+    img.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent black
+    img.putpixel((1, 0), (10, 20, 30, 255))
+    img.putpixel((2, 0), (0, 0, 0, 128))  # half-transparent black -> mid grey
+    assert pixel(img, (0, 0)) == (255, 255, 255)
+    assert pixel(img, (1, 0)) == (10, 20, 30)
+    assert all(abs(c - 127) <= 1 for c in pixel(img, (2, 0)))
+    assert pixel(Image.new("LA", (1, 1), (0, 0))) == (255, 255, 255)
+
+
+def test_cmyk_to_rgb():
+    assert pixel(Image.new("CMYK", (1, 1), (0, 255, 255, 0))) == (255, 0, 0)
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode.startswith("I")  # really read back as a 16-bit image
+        rgb = to_rgb(img)
+    got = [rgb.getpixel((x, 0))[0] for x in range(4)]
+    assert got[0] == 0 and got[1] <= 4 and abs(got[2] - 128) <= 1 and got[3] == 255
+
+
+@pytest.mark.parametrize(
+    "img",
+    [
+        Image.frombytes("I;16B", (3, 1), np.array([0, 32768, 65535], dtype=">u2").tobytes()),
+        Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.int32)),  # mode 'I', 16-bit data
+        Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)),  # mode 'F' in [0, 1]
+        Image.fromarray(np.array([[-7.0, 0.0, 7.0]], dtype=np.float32)),  # mode 'F', no known range
+    ],
+    ids=["I;16B", "I", "F-unit", "F-other"],
+)
+def test_high_depth_modes_use_their_full_range(img):
+    got = [pixel(img, (x, 0))[0] for x in range(3)]
+    assert got[0] == 0 and abs(got[1] - 128) <= 1 and got[2] == 255
+
+
+# --- formats and transforms -------------------------------------------------------------------------------------------
+
+FORMATS = ["png", "jpg", "bmp", "gif", "tiff"] + (["webp"] if features.check("webp") else [])
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_every_common_format_is_read(tmp_path, ext):
+    assert f".{ext}" in IMG_EXTENSIONS
+    Image.new("RGB", (24, 20), (200, 40, 90)).save(tmp_path / f"solid.{ext}")
+    x = FolderDomain(tmp_path, S, train=False)[0]
+    expected = torch.tensor([200, 40, 90]).view(3, 1, 1) / 127.5 - 1
+    assert x.shape == (3, S, S) and (x - expected).abs().max() < 0.05  # jpg/webp are lossy
+
+
+def test_image_smaller_than_the_crop(tmp_path):
+    img = noise_image(w=10, h=7)
+    assert transform(img, S, train=True, generator=torch.Generator().manual_seed(0)).shape == (3, S, S)
+    assert transform(img, S, train=False).shape == (3, S, S)
+
+
+def test_output_is_float32_in_range():
+    # An 8-pixel black/white checker survives both resizes with pure black and white pixels.
+    checker = Image.fromarray((np.indices((S + 30, S + 30)) // 8).sum(0).astype(np.uint8) % 2 * 255)
+    for train in (True, False):
+        x = transform(checker, S, train, torch.Generator().manual_seed(1))
+        assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+        assert x.min() < -0.99 and x.max() > 0.99  # the full range is used, not e.g. [0, 1]
+
+
+def test_test_transform_is_deterministic():
+    torch.manual_seed(0)
+    a = transform(noise_image(), S, train=False)
+    torch.manual_seed(1)
+    assert torch.equal(a, transform(noise_image(), S, train=False))
+
+
+def test_train_transform_follows_the_generator_only():
+    def run(seed):
+        return transform(noise_image(), S, train=True, generator=torch.Generator().manual_seed(seed))
+
+    torch.manual_seed(0)
+    a = run(5)
+    torch.manual_seed(123)  # the global RNG must not matter
+    assert torch.equal(a, run(5))
+    assert not torch.equal(a, run(6))
+
+
+def test_flip_happens_for_some_seeds_only():
+    img = noise_image(w=12, h=9)
+    big = (
+        transform(img, S + 30, train=False),  # resize to (S + 30)^2, the train transform's canvas
+        torch.flip(transform(img, S + 30, train=False), dims=[2]),
+    )
+
+    def flipped(x):
+        """Whether x is a crop of the flipped canvas (True) or of the plain one (False)."""
+        for t in range(31):
+            for left in range(31):
+                for is_flipped, canvas in zip((False, True), big):
+                    if (canvas[:, t : t + S, left : left + S] - x).abs().max() < 1e-5:
+                        return is_flipped
+        raise AssertionError("output is no crop of the resized image")
+
+    seen = {flipped(transform(img, S, True, torch.Generator().manual_seed(s))) for s in range(12)}
+    assert seen == {False, True}
+
+
+# --- folder checks ----------------------------------------------------------------------------------------------------
+
+
+def test_corrupt_file_is_skipped_with_one_warning_naming_it(tmp_path):
+    noise_image().save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(np.random.default_rng(0).bytes(500))
+    with pytest.warns(UserWarning, match="broken.png") as record:
+        domain = FolderDomain(tmp_path, S, train=True)
+    assert len(record) == 1 and len(domain) == 1 and domain.name(0) == "good"
+
+
+def test_non_image_files_are_ignored_silently(tmp_path):
+    noise_image().save(tmp_path / "b.png")
+    (tmp_path / "sub").mkdir()
+    noise_image().save(tmp_path / "sub" / "a.jpg")
+    for junk in ("notes.txt", ".DS_Store", "Thumbs.db", "._b.png"):
+        (tmp_path / junk).write_bytes(b"\x00\x05junk")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        domain = FolderDomain(tmp_path, S, train=False)
+    assert [domain.name(i) for i in range(len(domain))] == ["b", "a"]  # sorted by relative path: b.png < sub/a.jpg
+
+
+def test_single_file_is_a_domain(tmp_path):
+    noise_image().save(tmp_path / "one.png")
+    domain = FolderDomain(tmp_path / "one.png", S, train=False)
+    assert len(domain) == 1 and domain[0].shape == (3, S, S)
+
+
+@pytest.mark.parametrize("content", ["empty", "corrupt"])
+def test_folder_without_readable_images_is_an_error(tmp_path, content):
+    folder = tmp_path / "trainA"
+    folder.mkdir()
+    if content == "corrupt":
+        for i in range(2):
+            (folder / f"x{i}.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=str(folder)):
+        FolderDomain(folder, S, train=True)
+
+
+def test_missing_path_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        FolderDomain(tmp_path / "nowhere", S, train=True)
+
+
+def test_file_that_fails_to_decode_later_names_itself(tmp_path):
+    noise_image().save(tmp_path / "ok.png")
+    domain = FolderDomain(tmp_path, S, train=False)
+    (tmp_path / "ok.png").write_bytes(b"gone bad")
+    with pytest.raises(DataError, match="ok.png"):
+        domain[0]
+
+
+# --- resumable unpaired sampling --------------------------------------------------------------------------------------
+
+
+class Indices:
+    """A fake domain whose samples reveal which index was read and what the augmentation generator gave."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def get(self, i, generator=None):
+        return torch.cat([torch.tensor([float(i)]), torch.rand(1, generator=generator)])
+
+
+def test_same_k_same_pair(tmp_path):
+    make_dataset(tmp_path / "toy", n=3, splits=("trainA", "trainB"))
+    domains = load_unpaired("toy", S, root=tmp_path)
+    steps = UnpairedSteps(domains["trainA"], domains["trainB"], seed=7)
+    for k in (0, 4, 11):
+        a1, b1 = steps[k]
+        torch.manual_seed(k)  # the global RNG must not matter
+        a2, b2 = steps[k]
+        assert torch.equal(a1, a2) and torch.equal(b1, b2)
+    assert not torch.equal(steps[0][0], UnpairedSteps(domains["trainA"], domains["trainB"], seed=8)[0][0])
+
+
+def test_every_index_once_per_epoch_in_a_new_order():
+    steps = UnpairedSteps(Indices(8), Indices(5), seed=0)
+
+    def order(domain, epoch, n):
+        return [int(steps[k][domain][0]) for k in range(epoch * n, (epoch + 1) * n)]
+
+    assert sorted(order(0, 0, 8)) == list(range(8)) and sorted(order(0, 1, 8)) == list(range(8))
+    assert sorted(order(1, 0, 5)) == list(range(5)) and sorted(order(1, 3, 5)) == list(range(5))
+    assert order(0, 0, 8) != order(0, 1, 8)
+
+
+def test_resume_gives_the_tail_of_the_uninterrupted_run():
+    steps = UnpairedSteps(Indices(7), Indices(4), seed=3)
+    batch, total, start = 3, 10, 6
+
+    def batches(first_step, workers):
+        loader = torch.utils.data.DataLoader(
+            steps, batch_size=batch, sampler=range(first_step * batch, total * batch), num_workers=workers
+        )
+        return [torch.cat(pair) for pair in loader]
+
+    full = batches(0, workers=0)
+    resumed = batches(start, workers=2)
+    assert len(resumed) == total - start
+    assert all(torch.equal(x, y) for x, y in zip(full[start:], resumed))
+
+
+# --- download ---------------------------------------------------------------------------------------------------------
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """(folder served, base URL) of a local HTTP server; proxies are unset so urllib goes to it directly."""
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    served = tmp_path / "served"
+    served.mkdir()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def png_bytes():
+    buffer = io.BytesIO()
+    noise_image().save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_download_extracts_the_four_folders(tmp_path, server):
+    served, url = server
+    with zipfile.ZipFile(served / "toy.zip", "w") as archive:
+        for split in ("trainA", "trainB", "testA", "testB"):
+            archive.writestr(f"toy/{split}/{split}.png", png_bytes())
+    root = tmp_path / "dataset"
+    assert download_cyclegan("toy", root=root, base_url=url) == root / "toy"
+    assert sorted(p.name for p in root.iterdir()) == ["toy"]  # no temporary file left
+    assert all(len(d) == 1 for d in load_unpaired("toy", S, root=root).values())
+    (served / "toy.zip").unlink()  # a second call must not download again
+    assert download_cyclegan("toy", root=root, base_url=url) == root / "toy"
+
+
+def test_download_404_is_a_data_error_and_leaves_nothing(tmp_path, server):
+    _, url = server
+    root = tmp_path / "dataset"
+    with pytest.raises(DataError, match=f"{url}/absent.zip"):
+        download_cyclegan("absent", root=root, base_url=url)
+    assert list(root.iterdir()) == []
+
+
+def test_download_refuses_paths_outside_the_folder(tmp_path, server):
+    served, url = server
+    with zipfile.ZipFile(served / "evil.zip", "w") as archive:
+        archive.writestr("evil/trainA/a.png", png_bytes())
+        archive.writestr("../evil.txt", b"escaped")
+    root = tmp_path / "dataset"
+    with pytest.raises(DataError, match="unsafe"):
+        download_cyclegan("evil", root=root, base_url=url)
+    assert list(root.iterdir()) == [] and not (tmp_path / "evil.txt").exists()
