@@ -53,7 +53,7 @@ DEFAULTS = {
     "n_dis": (6, "Table 6: 6 conv layers in the global discriminator, 4 in the local (authors' TF code's n_dis)"),
 }
 # `python ugatit.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes.
-SHAPES_PRESET = dict(img_size=64, ch=16, light=True, n_dis=5, iteration=2500, print_freq=250, save_freq=500)
+SHAPES_PRESET = dict(img_size=64, ch=16, light=True, n_dis=5, iteration=2000, print_freq=200, save_freq=500)
 
 
 # --- Networks -------------------------------------------------------------------------------------------------
@@ -154,7 +154,10 @@ class Generator(nn.Module):
             self.gamma, self.beta = nn.Linear(C, C, bias=False), nn.Linear(C, C, bias=False)
         else:
             self.mlp = None
-        up_norm = LIN if norm == "adalin" else (lambda c: PlainNorm(norm, c, affine=True))
+        # Up-sampling blocks have no γ, β from the MLP: LIN's learned ones, or IN/LN/GN with a learned affine (AdaIN's
+        # row uses IN there).
+        up_kind = "in" if norm == "adain" else norm
+        up_norm = LIN if norm == "adalin" else (lambda c: PlainNorm(up_kind, c, affine=True))
         self.bottleneck = nn.ModuleList(ResnetAdaLINBlock(C, norm) for _ in range(n_res))
         self.upsampling = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"), *conv(C, C // 2, 3, bias=False), up_norm(C // 2),
@@ -214,8 +217,8 @@ def clip_rho(net):
 
 
 # --- The authors' checkpoints -----------------------------------------------------------------------------------
-# UGATIT-pytorch saves {genA2B, genB2A, disGA, disGB, disLA, disLB}. Their key -> ours, first match wins
-# (spectral norm: their torch.nn.utils.spectral_norm stores weight_orig, weight_u, weight_v; ours weight, weight_u,
+# UGATIT-pytorch saves {genA2B, genB2A, disGA, disGB, disLA, disLB}. Their key -> ours: every rule that matches
+# is applied in turn, a prefix and then maybe a suffix (spectral norm: their torch.nn.utils.spectral_norm stores weight_orig, weight_u, weight_v; ours weight, weight_u,
 # weight_v, with the same meaning).
 AUTHORS_KEYS = [
     (r"^DownBlock\.", "encoder."), (r"^FC\.", "mlp."), (r"^UpBlock1_(\d+)\.", "bottleneck.{}."),
@@ -250,12 +253,11 @@ class UGATIT:
         self.disLA, self.disLB = (Discriminator(args.n_dis - 2, **d).to(device) for _ in "AB")  # local
         self.nets = dict(genA2B=self.genA2B, genB2A=self.genB2A, disGA=self.disGA, disGB=self.disGB,
                          disLA=self.disLA, disLB=self.disLB)
-        for name, D in self.nets.items():
-            D.name = name
         if args.weights:
             self.load_weights(args.weights)
         # §B.2: Adam β = (0.5, 0.999), weight decay 1e-4 (as L2 in the gradient, as the authors' torch.optim.Adam).
-        adam = dict(lr=args.lr, betas=(0.5, 0.999), weight_decay=args.weight_decay, fused=True)
+        adam = dict(lr=args.lr, betas=(0.5, 0.999), weight_decay=args.weight_decay,
+                    fused=device.type in ("cpu", "cuda"))  # one kernel for all parameters where torch has it
         self.optimizers = {name: torch.optim.Adam(net.parameters(), **adam) for name, net in self.nets.items()
                            if name.startswith("dis")}
         self.optimizers["G"] = torch.optim.Adam([*self.genA2B.parameters(), *self.genB2A.parameters()], **adam)
@@ -284,12 +286,18 @@ class UGATIT:
         logit, cam, _ = D(fake)
         return lsgan(logit, 1) + (lsgan(cam, 1) if cam is not None else 0)
 
+    def cam_loss(self, logit, target):
+        """Eq. (5), one term: binary cross-entropy on η_s's two logits; 0 without G's CAM (Table 1)."""
+        if logit is None:
+            return torch.zeros(())
+        return F.binary_cross_entropy_with_logits(logit, torch.full_like(logit, float(target)))
+
     def train_step(self, real_A, real_B):
         """One iteration: the discriminators' update, then the generators'. The paper writes one direction, s → t,
         "and vice versa"; the loops run both: (x_s, x_t, G_s→t, G_t→s, D_t's global and local discriminators)."""
-        w, bce = self.w, F.binary_cross_entropy_with_logits
-        directions = [(real_A, real_B, self.genA2B, self.genB2A, (self.disGB, self.disLB)),
-                      (real_B, real_A, self.genB2A, self.genA2B, (self.disGA, self.disLA))]
+        w = self.w
+        directions = [(real_A, real_B, self.genA2B, self.genB2A, ("disGB", "disLB")),
+                      (real_B, real_A, self.genB2A, self.genA2B, ("disGA", "disLA"))]
         losses = dict.fromkeys(("D", "G_adv", "G_cycle", "G_identity", "G_cam"), 0.0)
 
         # Discriminators maximise Eq. (7), on fakes made without a graph: the released code back-propagates this
@@ -298,11 +306,11 @@ class UGATIT:
         for x_s, x_t, G_st, _, D_t in directions:
             with torch.no_grad():
                 x_st = G_st(x_s)[0]
-            for D in D_t:
-                loss = w["adv"] * self.d_loss(D, x_t, x_st)
+            for name in D_t:
+                loss = w["adv"] * self.d_loss(self.nets[name], x_t, x_st)
                 loss.backward()
-                self.optimizers[D.name].step()
-                self.optimizers[D.name].zero_grad(set_to_none=True)
+                self.optimizers[name].step()
+                self.optimizers[name].zero_grad(set_to_none=True)
                 losses["D"] += loss.detach()
 
         # Generators minimise Eq. (7), in one backward pass per group of terms: the gradients add up to those of
@@ -310,20 +318,18 @@ class UGATIT:
         # generator graphs, not six). D's weights need no gradient here.
         for D in (self.disGA, self.disGB, self.disLA, self.disLB):
             D.requires_grad_(False)
-        for x_s, x_t, G_st, _, _ in directions:
+        for _, x_t, G_st, _, _ in directions:
             x_tt, cam_tt, _ = G_st(x_t)
             identity = F.l1_loss(x_tt, x_t)                                    # Eq. (4)
-            cam = bce(cam_tt, torch.zeros_like(cam_tt)) if cam_tt is not None else x_t.new_zeros(())  # Eq. (5):
-            # η_s(x_t) → 0
+            cam = self.cam_loss(cam_tt, 0)                                     # Eq. (5): η_s(x_t) → 0
             (w["identity"] * identity + w["cam"] * cam).backward()
             losses["G_identity"] += identity.detach()
             losses["G_cam"] += cam.detach()
         for x_s, x_t, G_st, G_ts, D_t in directions:
             x_st, cam_st, _ = G_st(x_s)
             cycle = F.l1_loss(G_ts(x_st)[0], x_s)                               # Eq. (3)
-            adv = self.g_adv(D_t[0], x_st) + self.g_adv(D_t[1], x_st)          # Eq. (2) and (6)
-            cam = bce(cam_st, torch.ones_like(cam_st)) if cam_st is not None else x_s.new_zeros(())  # Eq. (5):
-            # η_s(x_s) → 1
+            adv = sum(self.g_adv(self.nets[name], x_st) for name in D_t)      # Eq. (2) and (6)
+            cam = self.cam_loss(cam_st, 1)                                     # Eq. (5): η_s(x_s) → 1
             # Eq. (7). λ1 weighs both adversarial terms (Eq. 2 and 6) and λ4 only Eq. (5), as in the authors' code;
             # reading the paper's L_cam as both would scale D's CAM terms by 1000.
             (w["adv"] * adv + w["cycle"] * cycle + w["cam"] * cam).backward()

@@ -305,10 +305,10 @@ def train(model, args, data, run, device):
             if not all(math.isfinite(v) for v in values.values()):
                 bar.close()
                 bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
-                kept = f"the last good checkpoint ({run.checkpoint}) is kept" if run.checkpoint.exists() else \
-                    "no checkpoint was written yet"
-                raise UsageError(f"loss {bad} is not finite at iteration {step + 1}: stopped; {kept} (try a lower "
-                                 f"--lr, or --resume to retry from it)")
+                kept = (f"the last good checkpoint ({run.checkpoint}) is kept; --resume continues from it"
+                        if run.checkpoint.exists() else "no checkpoint was written yet")
+                raise UsageError(f"loss {bad} is not finite at iteration {step + 1}: stopped; {kept} (a lower --lr "
+                                 f"or loss weight may help)")
             for s in schedulers.values():
                 s.step()
             step += 1

@@ -1,0 +1,195 @@
+"""ugatit.py: output shapes, the equations' properties, one training step, save -> load."""
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ugatit
+from common.train import build_parser, load_checkpoint, load_nets, save_checkpoint
+
+
+def make_args(**kw):
+    parser = build_parser("ugatit", "", ugatit.DEFAULTS)
+    ugatit.add_arguments(parser)
+    args = parser.parse_args([])
+    args.__dict__.update(dict(img_size=64, ch=4, n_res=1, light=True, n_dis=5, dataset="shapes"), **kw)
+    return args
+
+
+def model(**kw):
+    return ugatit.make_model(make_args(**kw), torch.device("cpu"))
+
+
+def images(n=1, size=64):
+    return torch.rand(n, 3, size, size) * 2 - 1, torch.rand(n, 3, size, size) * 2 - 1
+
+
+def test_paper_hyperparameters_are_the_defaults():
+    args = build_parser("ugatit", "", ugatit.DEFAULTS)
+    ugatit.add_arguments(args)
+    a = args.parse_args([])
+    assert (a.adv_weight, a.cycle_weight, a.identity_weight, a.cam_weight) == (1, 10, 10, 1000)  # Eq. (7)
+    assert (a.lr, a.weight_decay, a.batch_size, a.img_size, a.iteration) == (1e-4, 1e-4, 1, 256, 1_000_000)
+    assert (a.ch, a.n_res, a.n_dis, a.light, a.decay_flag, a.norm) == (64, 4, 6, False, True, "adalin")
+    m = model()
+    opt = m.optimizers["G"].param_groups[0]
+    assert opt["betas"] == (0.5, 0.999) and opt["weight_decay"] == 1e-4 and opt["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("light", [True, False])
+@pytest.mark.parametrize("size", [64, 96, 80])
+def test_output_shapes(light, size):
+    m = model(light=light, img_size=size, n_dis=6)
+    x = torch.rand(2, 3, size, size) * 2 - 1
+    image, cam_logit, heatmap = m.genA2B(x)
+    assert image.shape == x.shape and image.abs().max() <= 1
+    assert cam_logit.shape == (2, 2) and heatmap.shape == (2, 1, size // 4, size // 4)
+    for D in (m.disGA, m.disLA):
+        logit, cam, heat = D(x)
+        assert logit.dim() == 4 and logit.shape[:2] == (2, 1) and min(logit.shape[2:]) >= 1
+        assert cam.shape == (2, 2) and heat.shape[:2] == (2, 1)
+    y, att = m.translate(x, "B2A")
+    assert y.shape == x.shape and att.shape == (2, 1, size // 4, size // 4)
+
+
+def test_discriminator_depth_follows_the_paper_at_256():
+    count = lambda D: sum(isinstance(m, torch.nn.Conv2d) for m in D.encoder)  # noqa: E731
+    with torch.device("meta"):
+        assert count(ugatit.Discriminator(6, 256, 64)) == 6 and count(ugatit.Discriminator(4, 256, 64)) == 4
+        # Table 6: 256 / 32 = 8 after the five stride-2 convs, 2048 channels after the stride-1 one.
+        g = ugatit.Discriminator(6, 256, 64)
+        assert g(torch.empty(1, 3, 256, 256))[0].shape == (1, 1, 6, 6)
+        assert ugatit.Discriminator(4, 256, 64)(torch.empty(1, 3, 256, 256))[0].shape == (1, 1, 30, 30)
+
+
+def test_light_and_full_mlp_inputs():
+    with torch.device("meta"):
+        assert ugatit.Generator(64, 4, 256, light=True).mlp[0].in_features == 256
+        assert ugatit.Generator(64, 4, 256, light=False).mlp[0].in_features == 64 * 64 * 256
+
+
+def test_rho_initialised_per_paper_and_clipped_to_unit_interval():
+    m = model()
+    rhos = {type(mod).__name__: mod.rho for mod in m.genA2B.modules() if hasattr(mod, "rho")}
+    assert torch.all(rhos["AdaLIN"] == 1) and torch.all(rhos["LIN"] == 0)  # §2.1.1
+    for net in (m.genA2B, m.genB2A):
+        for mod in net.modules():
+            if hasattr(mod, "rho"):
+                mod.rho.data.uniform_(-0.5, 1.5)
+    for g in m.optimizers["G"].param_groups:
+        g["lr"] = 0.5
+    m.train_step(*images())
+    for net in (m.genA2B, m.genB2A):
+        for mod in net.modules():
+            if hasattr(mod, "rho"):
+                assert mod.rho.min() >= 0 and mod.rho.max() <= 1
+    assert any((mod.rho == 1).any() or (mod.rho == 0).any() for mod in m.genA2B.modules() if hasattr(mod, "rho"))
+
+
+def test_train_step_updates_every_network_and_losses_are_finite():
+    m = model()
+    before = {k: copy.deepcopy(n.state_dict()) for k, n in m.nets.items()}
+    losses = m.train_step(*images(2))
+    assert set(losses) == {"D", "G", "G_adv", "G_cycle", "G_identity", "G_cam"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    w = m.w
+    total = w["adv"] * losses["G_adv"] + w["cycle"] * losses["G_cycle"] + w["identity"] * losses["G_identity"] \
+        + w["cam"] * losses["G_cam"]
+    torch.testing.assert_close(losses["G"], total)
+    for k, net in m.nets.items():
+        changed = [n for n, p in net.state_dict().items() if not torch.equal(p, before[k][n])]
+        assert changed, f"{k} did not change"
+
+
+def naive_generator_loss(m, real_A, real_B):
+    """Eq. (7) for the generators as one sum with every pass recomputed, the way the paper writes it."""
+    bce = F.binary_cross_entropy_with_logits
+    fake_A2B, cam_A2B, _ = m.genA2B(real_A)
+    fake_B2A, cam_B2A, _ = m.genB2A(real_B)
+    fake_A2B2A, _, _ = m.genB2A(fake_A2B)
+    fake_B2A2B, _, _ = m.genA2B(fake_B2A)
+    fake_A2A, cam_A2A, _ = m.genB2A(real_A)
+    fake_B2B, cam_B2B, _ = m.genA2B(real_B)
+
+    def adv(D, fake):
+        logit, cam, _ = D(fake)
+        return F.mse_loss(logit, torch.ones_like(logit)) + F.mse_loss(cam, torch.ones_like(cam))
+    L_adv = adv(m.disGB, fake_A2B) + adv(m.disLB, fake_A2B) + adv(m.disGA, fake_B2A) + adv(m.disLA, fake_B2A)
+    L_cycle = F.l1_loss(fake_A2B2A, real_A) + F.l1_loss(fake_B2A2B, real_B)
+    L_identity = F.l1_loss(fake_A2A, real_A) + F.l1_loss(fake_B2B, real_B)
+    L_cam = (bce(cam_A2B, torch.ones_like(cam_A2B)) + bce(cam_B2B, torch.zeros_like(cam_B2B))
+             + bce(cam_B2A, torch.ones_like(cam_B2A)) + bce(cam_A2A, torch.zeros_like(cam_A2A)))
+    return 1 * L_adv + 10 * L_cycle + 10 * L_identity + 1000 * L_cam
+
+
+def test_generator_gradients_are_those_of_eq7():
+    """The step back-propagates Eq. (7) in groups; their sum must be the gradient of the whole objective."""
+    m = model()
+    real_A, real_B = images(2)
+    captured = {}
+    step = m.optimizers["G"].step
+
+    def capture(*a, **kw):
+        captured["nets"] = {k: copy.deepcopy(n) for k, n in m.nets.items()}
+        captured["grads"] = [p.grad.clone() for p in m.optimizers["G"].param_groups[0]["params"]]
+        return step(*a, **kw)
+    m.optimizers["G"].step = capture
+    losses = m.train_step(real_A, real_B)
+    ref = SimpleNamespace(**captured["nets"])
+    for D in (ref.disGA, ref.disGB, ref.disLA, ref.disLB):
+        D.eval()  # the power iteration already ran in the step: use the u, v it used
+        D.requires_grad_(False)
+    loss = naive_generator_loss(ref, real_A, real_B)
+    torch.testing.assert_close(loss, losses["G"], rtol=1e-5, atol=1e-4)
+    params = [*ref.genA2B.parameters(), *ref.genB2A.parameters()]
+    grads = torch.autograd.grad(loss, params)
+    for ours, theirs in zip(captured["grads"], grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_discriminator_loss_is_eq2_and_eq6():
+    """LSGAN with real -> 1, fake -> 0 on the patch logits (Eq. 2) and on the CAM logits (Eq. 6)."""
+    m = model()
+    real_A, real_B = images(1)
+    D = m.disGB.eval()  # no power-iteration step, so both evaluations see the same σ
+    with torch.no_grad():
+        fake = m.genA2B(real_A)[0]
+    logit_r, cam_r, _ = D(real_B)
+    logit_f, cam_f, _ = D(fake)
+    ref = ((logit_r - 1) ** 2).mean() + (logit_f ** 2).mean() + ((cam_r - 1) ** 2).mean() + (cam_f ** 2).mean()
+    torch.testing.assert_close(m.d_loss(D, real_B, fake), ref)
+
+
+@pytest.mark.parametrize("kw", [dict(norm="in"), dict(norm="ln"), dict(norm="adain"), dict(norm="gn"),
+                                dict(gen_cam=False), dict(dis_cam=False), dict(gen_cam=False, dis_cam=False),
+                                dict(light=False)])
+def test_table1_ablations_train(kw):
+    m = model(**kw)
+    losses = m.train_step(*images())
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert ("G_cam" in losses) == kw.get("gen_cam", True)
+    if kw.get("norm") in ("in", "ln", "gn"):
+        assert m.genA2B.mlp is None  # no adaptive γ, β without AdaLIN / AdaIN
+    if not kw.get("gen_cam", True):
+        assert m.translate(images()[0])[1] is None
+
+
+def test_save_load_gives_identical_outputs(tmp_path):
+    args = make_args()
+    m = ugatit.make_model(args, torch.device("cpu"))
+    m.train_step(*images())
+    path = tmp_path / "ckpt" / "latest.pt"
+    save_checkpoint(path, m, {}, 1, args)
+    assert not list(path.parent.glob("*.tmp"))
+    m2 = ugatit.make_model(args, torch.device("cpu"))
+    state = load_checkpoint(path)
+    load_nets(m2.nets, state["nets"], path)
+    x = images(2)[0]
+    for direction in ("A2B", "B2A"):
+        a, b = m.translate(x, direction), m2.translate(x, direction)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for D in ("disGA", "disLB"):
+        m.nets[D].eval(), m2.nets[D].eval()
+        assert torch.equal(m.nets[D](x)[0], m2.nets[D](x)[0])
