@@ -354,10 +354,14 @@ def translate_all(model, domain, direction, out, device, batch_size=8):
 
 
 def test(model, args, data, run, device):
-    if not run.checkpoint.exists():
-        raise UsageError(f"no checkpoint at {run.checkpoint}: train first (same --dataset and --result_dir)")
-    state = load_checkpoint(run.checkpoint)
-    load_nets(model.nets, state["nets"], run.checkpoint)
+    """With the run's latest checkpoint, or with the --weights the model was built from (a paper's option)."""
+    step = None
+    if getattr(args, "weights", None) is None:
+        if not run.checkpoint.exists():
+            raise UsageError(f"no checkpoint at {run.checkpoint}: train first (same --dataset and --result_dir)")
+        state = load_checkpoint(run.checkpoint)
+        load_nets(model.nets, state["nets"], run.checkpoint)
+        step = state["step"]
     for net in model.nets.values():
         net.eval()
     if args.input is not None:
@@ -369,7 +373,7 @@ def test(model, args, data, run, device):
     translate_all(model, data["testA"], "A2B", run.test / "A2B", device)
     translate_all(model, data["testB"], "B2A", run.test / "B2A", device)
     if args.dataset == "shapes":
-        report = evaluate(model, data, run, state["step"], device)
+        report = evaluate(model, data, run, step, device)
         (run.test / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
