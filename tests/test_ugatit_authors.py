@@ -1,6 +1,6 @@
 """The authors' UGATIT-pytorch checkpoints (znxlwm, b8c4251) against ugatit.py.
 
-Their architecture is written down in the reference notes (/work/shared/reference/README.md, "U-GAT-IT") and their
+Their architecture is written down in the reference notes (the project's shared/reference/README.md, "U-GAT-IT") and their
 parameter listings at 256 px, ch 64, n_res 4 (ugatit-pytorch-state-dict-{light,full}.txt). Here:
 
 - `authors_shapes` rebuilds their state-dict layout from that description, and must reproduce both listings;
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from common.train import UsageError, build_parser, load_nets  # noqa: E402
 from ugatit import DEFAULTS, Discriminator, Generator, add_arguments, from_authors, make_model  # noqa: E402
 
-REFERENCE = Path("/work/shared/reference")
+REFERENCE = Path(__file__).resolve().parent / "data"  # the listings, copied from the project's reference notes
 LISTINGS = {light: REFERENCE / f"ugatit-pytorch-state-dict-{'light' if light else 'full'}.txt"
             for light in (True, False)}
 EPS = 1e-5
