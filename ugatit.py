@@ -132,6 +132,11 @@ class CAM(nn.Module):
         return a, cam_logit, a.sum(1, keepdim=True)
 
 
+def attend(cam, e):
+    """(a(x), η logits, heatmap); without a CAM (Table 1's ablations) the features pass on unchanged."""
+    return cam(e) if cam is not None else (e, None, None)
+
+
 class Generator(nn.Module):
     """Table 4. G_{s→t}: encoder E_s (IN), CAM η_s, MLP for γ, β, decoder G_t (AdaLIN residual blocks, LIN
     up-sampling). `light` feeds the MLP the globally pooled a(x) instead of all of it (authors' light mode; the
@@ -168,10 +173,7 @@ class Generator(nn.Module):
         init_normal(self)
 
     def forward(self, x):
-        a = self.encoder(x)
-        cam_logit = heatmap = None
-        if self.cam is not None:
-            a, cam_logit, heatmap = self.cam(a)
+        a, cam_logit, heatmap = attend(self.cam, self.encoder(x))
         gamma = beta = None
         if self.mlp is not None:
             h = self.mlp(a.mean((2, 3)) if self.light else a.flatten(1))
@@ -201,10 +203,7 @@ class Discriminator(nn.Module):
         init_normal(self)
 
     def forward(self, x):
-        a = self.encoder(x)
-        cam_logit = heatmap = None
-        if self.cam is not None:
-            a, cam_logit, heatmap = self.cam(a)
+        a, cam_logit, heatmap = attend(self.cam, self.encoder(x))
         return self.classifier(a), cam_logit, heatmap
 
 
