@@ -1,7 +1,8 @@
 """Fused ops for the GPU hot path, one op per file (see DESIGN.md, "kernels/").
 
-Each op file holds a readable PyTorch reference (the CPU path and the spec the kernels are tested against) and one
-public function that picks the implementation. `backend(x)` is that choice, shared by every op:
+Each op file holds a readable PyTorch reference (the CPU path and the spec the kernels are tested against), the
+Triton kernels, an autograd.Function joining them, and one public function that picks the implementation.
+`backend(x)` is that choice, shared by every op:
 
 - ATTNGAN_KERNELS=torch   always the PyTorch reference;
 - ATTNGAN_KERNELS=triton  always the Triton kernels (on CPU tensors only under TRITON_INTERPRET=1, as the tests do);
@@ -13,13 +14,13 @@ import os
 CHOICES = ("auto", "torch", "triton")
 
 
-def backend(x, has_triton=True):
-    """Which implementation runs for tensor x; has_triton=False for an op whose kernel is not written yet."""
+def backend(x):
     choice = os.environ.get("ATTNGAN_KERNELS", "auto")
     if choice not in CHOICES:
         raise ValueError(f"ATTNGAN_KERNELS={choice!r}: use one of {', '.join(CHOICES)}")
+    has_triton = importlib.util.find_spec("triton") is not None
     if choice == "auto":
-        return "triton" if has_triton and x.is_cuda and importlib.util.find_spec("triton") else "torch"
+        return "triton" if x.is_cuda and has_triton else "torch"
     if choice == "triton" and not has_triton:
-        raise NotImplementedError("ATTNGAN_KERNELS=triton: this op has no Triton kernel yet; unset ATTNGAN_KERNELS")
+        raise RuntimeError("ATTNGAN_KERNELS=triton, but triton is not installed (pip install triton, on Linux)")
     return choice

@@ -10,12 +10,26 @@ learned per channel (shape C, or 1×C×1×1). ρ (1×C×1×1) is a learned gate 
 Variance: the paper does not say; the authors' PyTorch code uses the UNBIASED estimate (torch.var's default), and
 we follow it (`unbiased=True`) so that their checkpoints give the same images. Note that it needs H×W ≥ 2.
 
-This file is the readable reference, which is what runs on CPU. The fused Triton kernel (one pass for the
-statistics, one for the output) plugs in behind `adalin` when `kernels.backend(x) == "triton"`.
+`adalin_reference` is the readable math, and what runs on CPU. The Triton path reads x twice in the forward and
+twice (with dy) in the backward:
+    forward   1. per (n, c) row: Σ(x − k) and Σ(x − k)² in fp32, k = the row's first value (no cancellation
+                 when the mean is large); layer statistics follow from these N×C numbers (parallel-variance
+                 combination), so x is not read again for them;
+              2. elementwise: y = (x − μ_I) · scale + shift, one (scale, shift) per (n, c).
+    backward  1. per row: Σ dy and Σ dy · (x − μ_I);
+              2. elementwise: dx = dy · scale + b · (x − μ_I) + a.
+The per-(n, c) coefficients (scale, shift, a, b) and the gradients for ρ, γ, β are small N×C tensors computed with
+PyTorch (autograd over `_coefficients`), so the kernels stay four short loops and the math stays in one place.
 """
 import torch
 
 from kernels import backend
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # no Triton wheel (macOS, Windows): the reference serves everywhere
+    triton = None
 
 
 def _affine(p, x):
@@ -38,7 +52,148 @@ def adalin_reference(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     return x * scale + shift
 
 
+def _coefficients(mu_I, var_I, mu_L, var_L, rho, gamma, beta, eps):
+    """Eq. (1) as y = (x − μ_I) · scale + shift per (n, c): scale = γ(ρ/σ_I + (1 − ρ)/σ_L) and
+    shift = β + γ(1 − ρ)(μ_I − μ_L)/σ_L. Inputs N×C (or broadcastable), fp32."""
+    inv_I, inv_L = torch.rsqrt(var_I + eps), torch.rsqrt(var_L + eps)
+    scale = gamma * (rho * inv_I + (1 - rho) * inv_L)
+    shift = beta + gamma * (1 - rho) * (mu_I - mu_L) * inv_L
+    return scale, shift
+
+
+if triton is not None:
+    @triton.jit
+    def _row_moments(X, K_OUT, S1, S2, HW, BLOCK: tl.constexpr):
+        """Per row of H×W values: k = x[0], Σ(x − k), Σ(x − k)², accumulated in fp32."""
+        row = tl.program_id(0).to(tl.int64)
+        base = X + row * HW
+        k = tl.load(base).to(tl.float32)
+        acc1 = tl.zeros([BLOCK], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, HW, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            inside = offs < HW
+            d = tl.where(inside, tl.load(base + offs, mask=inside, other=0.0).to(tl.float32) - k, 0.0)
+            acc1 += d
+            acc2 += d * d
+        tl.store(K_OUT + row, k)
+        tl.store(S1 + row, tl.sum(acc1, axis=0))
+        tl.store(S2 + row, tl.sum(acc2, axis=0))
+
+    @triton.jit
+    def _row_affine(X, MU, SCALE, SHIFT, Y, HW, BLOCK: tl.constexpr):
+        """y = (x − μ) · scale + shift with one (μ, scale, shift) per row; grid (rows, blocks of a row)."""
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < HW
+        x = tl.load(X + row * HW + offs, mask=inside, other=0.0).to(tl.float32)
+        y = (x - tl.load(MU + row)) * tl.load(SCALE + row) + tl.load(SHIFT + row)
+        tl.store(Y + row * HW + offs, y.to(Y.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _row_grad_sums(X, DY, MU, S1, SC, HW, BLOCK: tl.constexpr):
+        """Per row: Σ dy and Σ dy · (x − μ)."""
+        row = tl.program_id(0).to(tl.int64)
+        mu = tl.load(MU + row)
+        acc1 = tl.zeros([BLOCK], dtype=tl.float32)
+        accc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, HW, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            inside = offs < HW
+            x = tl.load(X + row * HW + offs, mask=inside, other=0.0).to(tl.float32)
+            dy = tl.load(DY + row * HW + offs, mask=inside, other=0.0).to(tl.float32)
+            acc1 += dy
+            accc += tl.where(inside, dy * (x - mu), 0.0)
+        tl.store(S1 + row, tl.sum(acc1, axis=0))
+        tl.store(SC + row, tl.sum(accc, axis=0))
+
+    @triton.jit
+    def _row_dx(X, DY, MU, SCALE, B, A, DX, HW, BLOCK: tl.constexpr):
+        """dx = dy · scale + b · (x − μ) + a with one (μ, scale, b, a) per row."""
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < HW
+        x = tl.load(X + row * HW + offs, mask=inside, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row * HW + offs, mask=inside, other=0.0).to(tl.float32)
+        dx = dy * tl.load(SCALE + row) + tl.load(B + row) * (x - tl.load(MU + row)) + tl.load(A + row)
+        tl.store(DX + row * HW + offs, dx.to(DX.dtype.element_ty), mask=inside)
+
+
+BLOCK = 1024
+
+
+def _rows(x):
+    N, C, H, W = x.shape
+    return N * C, H * W
+
+
+def _statistics(x, unbiased):
+    """μ_I, σ²_I (N×C) from one pass; μ_L, σ²_L (N×1) from them. All fp32."""
+    N, C = x.shape[:2]
+    rows, HW = _rows(x)
+    k, s1, s2 = (torch.empty(rows, device=x.device, dtype=torch.float32) for _ in range(3))
+    _row_moments[(rows,)](x, k, s1, s2, HW, BLOCK=min(BLOCK, triton.next_power_of_2(HW)))
+    k, s1, s2 = k.view(N, C), s1.view(N, C), s2.view(N, C)
+    mu_I = k + s1 / HW
+    m2_I = (s2 - s1 * s1 / HW).clamp_min(0)            # Σ (x − μ_I)²
+    mu_L = mu_I.mean(1, keepdim=True)
+    m2_L = (m2_I + HW * (mu_I - mu_L) ** 2).sum(1, keepdim=True)  # Chan et al.'s pairwise combination
+    d_I, d_L = (HW - 1, C * HW - 1) if unbiased else (HW, C * HW)
+    return mu_I, m2_I / d_I, mu_L, m2_L / d_L, d_I, d_L
+
+
+def _params(rho, gamma, beta, C):
+    """ρ, γ, β as fp32 N×C / 1×C views (γ, β of AdaLIN are N×C already)."""
+    flat = lambda p: (p if p.dim() == 2 else p.reshape(1, C)).float()  # noqa: E731
+    return rho.reshape(1, C).float(), flat(gamma), flat(beta)
+
+
+class AdaLINFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, rho, gamma, beta, eps, unbiased):
+        x = x.contiguous()
+        C = x.shape[1]
+        rows, HW = _rows(x)
+        mu_I, var_I, mu_L, var_L, d_I, d_L = _statistics(x, unbiased)
+        scale, shift = _coefficients(mu_I, var_I, mu_L, var_L, *_params(rho, gamma, beta, C), eps)
+        y = torch.empty_like(x)
+        grid = (rows, triton.cdiv(HW, BLOCK))
+        _row_affine[grid](x, mu_I, scale.contiguous(), shift.contiguous(), y, HW, BLOCK=BLOCK)
+        ctx.save_for_backward(x, rho, gamma, beta, mu_I, var_I, mu_L, var_L)
+        ctx.eps, ctx.d = eps, (d_I, d_L)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, rho, gamma, beta, mu_I, var_I, mu_L, var_L = ctx.saved_tensors
+        dy = dy.contiguous()
+        N, C = x.shape[:2]
+        rows, HW = _rows(x)
+        d_I, d_L = ctx.d
+        s1, sc = (torch.empty(rows, device=x.device, dtype=torch.float32) for _ in range(2))
+        _row_grad_sums[(rows,)](x, dy, mu_I, s1, sc, HW, BLOCK=min(BLOCK, triton.next_power_of_2(HW)))
+        s1, sc = s1.view(N, C), sc.view(N, C)
+        # The per-(n, c) part of the graph, differentiated by autograd: upstream Σ dy·(x − μ_I) for scale, Σ dy for
+        # shift. μ_L, σ²_L are leaves here: their dependence on x enters through dx's formula below.
+        leaves = [t.detach().requires_grad_() for t in (mu_I, var_I, mu_L, var_L, *_params(rho, gamma, beta, C))]
+        with torch.enable_grad():
+            scale, shift = _coefficients(*leaves, ctx.eps)
+            g_muI, g_varI, g_muL, g_varL, g_rho, g_gamma, g_beta = torch.autograd.grad(
+                (scale, shift), leaves, (sc, s1))
+        scale = scale.detach()
+        g_muI = g_muI - s1 * scale                     # the explicit μ_I of (x − μ_I) in y
+        # dμ/dx = 1/count, dσ²/dx = 2(x − μ)/d: dx = dy·scale + b·(x − μ_I) + a
+        b = 2 * g_varI / d_I + 2 * g_varL / d_L
+        a = 2 * g_varL / d_L * (mu_I - mu_L) + g_muI / HW + g_muL / (C * HW)
+        dx = torch.empty_like(x)
+        _row_dx[(rows, triton.cdiv(HW, BLOCK))](x, dy, mu_I, scale.contiguous(), b.contiguous(), a.contiguous(),
+                                                dx, HW, BLOCK=BLOCK)
+        return (dx, g_rho.view(rho.shape).to(rho.dtype), g_gamma.view(gamma.shape).to(gamma.dtype),
+                g_beta.view(beta.shape).to(beta.dtype), None, None)
+
+
 def adalin(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     """Eq. (1). x: N×C×H×W; rho: 1×C×1×1; gamma, beta: N×C (AdaLIN) or C / 1×C×1×1 (LIN)."""
-    backend(x, has_triton=False)  # the dispatch point: the fused kernel (issue 3) is chosen here
+    if backend(x) == "triton":
+        return AdaLINFunction.apply(x, rho, gamma, beta, eps, unbiased)
     return adalin_reference(x, rho, gamma, beta, eps, unbiased)

@@ -1,10 +1,14 @@
-"""kernels/adalin.py: the reference AdaLIN / LIN against Eq. (1) written out, and the dispatch switch."""
+"""kernels/adalin.py: the reference AdaLIN / LIN against Eq. (1) written out, the Triton kernels against the
+reference (forward and every gradient; under TRITON_INTERPRET=1 on CPU, see conftest.py), and the dispatch switch."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+import ugatit
 from kernels import backend
-from kernels.adalin import adalin, adalin_reference
+from kernels.adalin import AdaLINFunction, adalin, adalin_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def eq1(a, rho, gamma, beta, eps=1e-5, unbiased=True):
@@ -83,9 +87,93 @@ def test_backend_switch(monkeypatch):
     assert backend(x) == "torch"  # CPU tensor
     monkeypatch.setenv("ATTNGAN_KERNELS", "torch")
     assert backend(x) == "torch"
+    monkeypatch.setenv("ATTNGAN_KERNELS", "triton")
+    assert backend(x) == "triton"
     monkeypatch.setenv("ATTNGAN_KERNELS", "cuda")
     with pytest.raises(ValueError, match="ATTNGAN_KERNELS"):
         backend(x)
+
+
+def inputs(shape, adaptive, dtype=torch.float32, mean=0.0):
+    N, C = shape[:2]
+    x = torch.randn(shape, device=DEVICE) * 3 + mean
+    rho = torch.rand(1, C, 1, 1, device=DEVICE)
+    if adaptive:   # AdaLIN: γ, β per image from the MLP
+        gamma, beta = torch.randn(N, C, device=DEVICE), torch.randn(N, C, device=DEVICE)
+    else:          # LIN: learned per channel
+        gamma, beta = torch.randn(1, C, 1, 1, device=DEVICE), torch.randn(1, C, 1, 1, device=DEVICE)
+    return [t.to(dtype).requires_grad_() for t in (x, rho, gamma, beta)]
+
+
+KERNEL_SHAPES = [(1, 3, 1, 2), (2, 5, 7, 9), (3, 12, 33, 65), (2, 6, 40, 40)]  # 40×40 > one 1024 block
+
+
+@pytest.mark.parametrize("shape", KERNEL_SHAPES)
+@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("mean", [0.0, 1000.0])
+def test_triton_matches_reference(shape, adaptive, unbiased, mean):
+    args = inputs(shape, adaptive, mean=mean)
+    y = AdaLINFunction.apply(*args, 1e-5, unbiased)
+    ref_args = [t.detach().double().requires_grad_() for t in args]
+    ref = adalin_reference(*ref_args, unbiased=unbiased)
+    torch.testing.assert_close(y.double(), ref, rtol=0, atol=1e-4)
+    dy = torch.randn_like(y)
+    ours = torch.autograd.grad(y, args, dy)
+    theirs = torch.autograd.grad(ref, ref_args, dy.double())
+    # ρ's gradient sums terms that cancel; fp32 PyTorch itself is 1.7e-3 off the fp64 value at the mean-1000 shapes.
+    for name, a, b, tol in zip(("x", "rho", "gamma", "beta"), ours, theirs, (1e-5, 5e-3, 1e-4, 1e-5)):
+        assert a.shape == b.shape and a.dtype == args[0].dtype
+        err = (a.double() - b).abs().max() / b.abs().max().clamp_min(1)
+        assert err < tol, (name, err.item())
+
+
+def test_triton_runs_are_bitwise_equal():
+    args = inputs((2, 5, 33, 65), adaptive=True)
+    dy = torch.randn(2, 5, 33, 65, device=DEVICE)
+    first, second = ([AdaLINFunction.apply(*args, 1e-5, True)] for _ in range(2))
+    for out in (first, second):
+        out += torch.autograd.grad(out[0], args, dy)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_dispatch_uses_the_kernel_when_forced(monkeypatch):
+    args = inputs((2, 3, 5, 5), adaptive=True)
     monkeypatch.setenv("ATTNGAN_KERNELS", "triton")
-    with pytest.raises(NotImplementedError, match="no Triton kernel"):
-        adalin(torch.randn(1, 2, 3, 3), torch.ones(1, 2, 1, 1), torch.ones(2), torch.zeros(2))
+    assert adalin(*args).grad_fn.name().endswith("AdaLINFunctionBackward")
+    monkeypatch.setenv("ATTNGAN_KERNELS", "torch")
+    assert not adalin(*args).grad_fn.name().endswith("AdaLINFunctionBackward")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the interpreter has no bf16/fp16 arithmetic")
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
+def test_triton_half_precision_on_gpu(dtype, tol):
+    args = inputs((2, 64, 33, 65), adaptive=True, dtype=dtype)
+    y = AdaLINFunction.apply(*args, 1e-5, True)
+    ref = adalin_reference(*[t.detach().float() for t in args])
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), ref, rtol=tol, atol=tol)
+
+
+def test_ugatit_step_with_the_kernel_matches_the_reference(monkeypatch):
+    """A whole U-GAT-IT training step: the same losses and gradients with ATTNGAN_KERNELS=triton and =torch."""
+    from test_ugatit import images, make_args
+    results = []
+    for choice in ("torch", "triton"):
+        monkeypatch.setenv("ATTNGAN_KERNELS", choice)
+        torch.manual_seed(0)
+        m = ugatit.make_model(make_args(img_size=32, n_dis=4), torch.device(DEVICE))
+        grads = {}
+        step = m.optimizers["G"].step
+        m.optimizers["G"].step = lambda *a, **kw: (grads.update(
+            {i: p.grad.clone() for i, p in enumerate(m.optimizers["G"].param_groups[0]["params"])}), step(*a, **kw))
+        torch.manual_seed(1)
+        losses = m.train_step(*(x.to(DEVICE) for x in images(2, 32)))
+        results.append((losses, grads))
+    (l_ref, g_ref), (l_tri, g_tri) = results
+    for k in l_ref:
+        torch.testing.assert_close(l_tri[k], l_ref[k], rtol=1e-4, atol=1e-4)
+    for i in g_ref:
+        scale = g_ref[i].abs().max().clamp_min(1e-3)
+        assert (g_tri[i] - g_ref[i]).abs().max() / scale < 1e-4, i
