@@ -1,0 +1,175 @@
+"""Attention-blend composition: the output image as an attention-weighted mix of generated content and the input.
+
+    blend(x, c, a)             = a · c + (1 − a) · x                   UAIT Eq. (1), AttentionGAN scheme I Eq. (1)
+                                 x, c: N×C×H×W; a: N×1×H×W in [0, 1], shared by the channels
+    blend_softmax(x, c, l)     = Σ_{i<n} p_i · c_i + p_n · x,  p = softmax over the n attention logits l
+                                 AttentionGAN scheme II Eq. (2): c: N×(n−1)×C×H×W content images,
+                                 l: N×n×H×W, the last channel the background mask applied to the input
+
+The `*_reference` functions are the readable math and the CPU path. The Triton kernels read every input once and
+write the output once: a program owns a block of pixels of one image and all its channels, so the reductions over
+channels (for the attention's gradient) and over the n masks need no atomics. The softmax is fused in the
+"online" way (running maximum and sum, rescaling the accumulator), so neither p nor the products are stored; the
+backward recomputes p from the logits and the saved per-pixel log-sum-exp:
+    dc_i = g · p_i,    dx = g · p_n,    dl_i = p_i · Σ_channels g · (v_i − out)    (v_i = c_i, v_n = x).
+"""
+import torch
+
+from kernels import backend
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # no Triton wheel (macOS, Windows): the references serve everywhere
+    triton = None
+
+
+def blend_reference(x, content, attention):
+    return attention * content + (1 - attention) * x
+
+
+def blend_softmax_reference(x, content, logits):
+    p = torch.softmax(logits, dim=1).unsqueeze(2)               # N×n×1×H×W
+    return (p[:, :-1] * content).sum(1) + p[:, -1] * x
+
+
+if triton is not None:
+    @triton.jit
+    def _blend_fwd(X, Cn, A, OUT, C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+        n = tl.program_id(0).to(tl.int64)
+        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ch = tl.arange(0, BLOCK_C)
+        inside = (ch[:, None] < C) & (pix[None, :] < HW)
+        offs = n * C * HW + ch[:, None] * HW + pix[None, :]
+        a = tl.load(A + n * HW + pix, mask=pix < HW, other=0.0).to(tl.float32)[None, :]
+        x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
+        c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
+        tl.store(OUT + offs, (x + a * (c - x)).to(OUT.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _blend_bwd(X, Cn, A, G, DX, DC, DA, C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+        n = tl.program_id(0).to(tl.int64)
+        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ch = tl.arange(0, BLOCK_C)
+        inside = (ch[:, None] < C) & (pix[None, :] < HW)
+        offs = n * C * HW + ch[:, None] * HW + pix[None, :]
+        a = tl.load(A + n * HW + pix, mask=pix < HW, other=0.0).to(tl.float32)[None, :]
+        x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
+        c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
+        g = tl.load(G + offs, mask=inside, other=0.0).to(tl.float32)
+        tl.store(DX + offs, (g * (1 - a)).to(DX.dtype.element_ty), mask=inside)
+        tl.store(DC + offs, (g * a).to(DC.dtype.element_ty), mask=inside)
+        da = tl.sum(tl.where(inside, g * (c - x), 0.0), axis=0)
+        tl.store(DA + n * HW + pix, da.to(DA.dtype.element_ty), mask=pix < HW)
+
+    @triton.jit
+    def _softmax_fwd(X, Cn, L, OUT, LSE, C, HW, NM, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+        """NM masks: NM − 1 content images, then the input. Online softmax over the masks."""
+        n = tl.program_id(0).to(tl.int64)
+        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ch = tl.arange(0, BLOCK_C)
+        in_pix = pix < HW
+        inside = (ch[:, None] < C) & in_pix[None, :]
+        img = ch[:, None] * HW + pix[None, :]
+        m = tl.full([BLOCK], float("-inf"), tl.float32)
+        s = tl.zeros([BLOCK], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_C, BLOCK], dtype=tl.float32)
+        for i in range(NM):
+            logit = tl.load(L + (n * NM + i) * HW + pix, mask=in_pix, other=0.0).to(tl.float32)
+            if i < NM - 1:
+                v = tl.load(Cn + (n * (NM - 1) + i) * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+            else:
+                v = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+            m_new = tl.maximum(m, logit)
+            rescale = tl.exp(m - m_new)
+            e = tl.exp(logit - m_new)
+            s = s * rescale + e
+            acc = acc * rescale[None, :] + e[None, :] * v
+            m = m_new
+        tl.store(OUT + n * C * HW + img, (acc / s[None, :]).to(OUT.dtype.element_ty), mask=inside)
+        tl.store(LSE + n * HW + pix, m + tl.log(s), mask=in_pix)
+
+    @triton.jit
+    def _softmax_bwd(X, Cn, L, OUT, LSE, G, DX, DC, DL, C, HW, NM, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+        n = tl.program_id(0).to(tl.int64)
+        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ch = tl.arange(0, BLOCK_C)
+        in_pix = pix < HW
+        inside = (ch[:, None] < C) & in_pix[None, :]
+        img = ch[:, None] * HW + pix[None, :]
+        g = tl.load(G + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+        out = tl.load(OUT + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+        lse = tl.load(LSE + n * HW + pix, mask=in_pix, other=0.0)
+        for i in range(NM):
+            p = tl.exp(tl.load(L + (n * NM + i) * HW + pix, mask=in_pix, other=0.0).to(tl.float32) - lse)
+            if i < NM - 1:
+                v = tl.load(Cn + (n * (NM - 1) + i) * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+                tl.store(DC + (n * (NM - 1) + i) * C * HW + img, (g * p[None, :]).to(DC.dtype.element_ty),
+                         mask=inside)
+            else:
+                v = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+                tl.store(DX + n * C * HW + img, (g * p[None, :]).to(DX.dtype.element_ty), mask=inside)
+            dl = p * tl.sum(tl.where(inside, g * (v - out), 0.0), axis=0)
+            tl.store(DL + (n * NM + i) * HW + pix, dl.to(DL.dtype.element_ty), mask=in_pix)
+
+
+BLOCK = 256
+
+
+def _grid(x):
+    N, C, H, W = x.shape
+    return (N, triton.cdiv(H * W, BLOCK)), C, H * W, triton.next_power_of_2(C)
+
+
+class BlendFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, content, attention):
+        x, content, attention = x.contiguous(), content.contiguous(), attention.contiguous()
+        out = torch.empty_like(x)
+        grid, C, HW, BLOCK_C = _grid(x)
+        _blend_fwd[grid](x, content, attention, out, C, HW, BLOCK_C=BLOCK_C, BLOCK=BLOCK)
+        ctx.save_for_backward(x, content, attention)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, content, attention = ctx.saved_tensors
+        dx, dc, da = torch.empty_like(x), torch.empty_like(content), torch.empty_like(attention)
+        grid, C, HW, BLOCK_C = _grid(x)
+        _blend_bwd[grid](x, content, attention, g.contiguous(), dx, dc, da, C, HW, BLOCK_C=BLOCK_C, BLOCK=BLOCK)
+        return dx, dc, da
+
+
+class BlendSoftmaxFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, content, logits):
+        x, content, logits = x.contiguous(), content.contiguous(), logits.contiguous()
+        out = torch.empty_like(x)
+        lse = torch.empty(x.shape[0], *x.shape[2:], device=x.device, dtype=torch.float32)
+        grid, C, HW, BLOCK_C = _grid(x)
+        _softmax_fwd[grid](x, content, logits, out, lse, C, HW, logits.shape[1], BLOCK_C=BLOCK_C, BLOCK=BLOCK)
+        ctx.save_for_backward(x, content, logits, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, content, logits, out, lse = ctx.saved_tensors
+        dx, dc, dl = torch.empty_like(x), torch.empty_like(content), torch.empty_like(logits)
+        grid, C, HW, BLOCK_C = _grid(x)
+        _softmax_bwd[grid](x, content, logits, out, lse, g.contiguous(), dx, dc, dl, C, HW, logits.shape[1],
+                           BLOCK_C=BLOCK_C, BLOCK=BLOCK)
+        return dx, dc, dl
+
+
+def blend(x, content, attention):
+    """a · c + (1 − a) · x. x, content: N×C×H×W; attention: N×1×H×W."""
+    if backend(x) == "triton":
+        return BlendFunction.apply(x, content, attention)
+    return blend_reference(x, content, attention)
+
+
+def blend_softmax(x, content, logits):
+    """Σ_{i<n} softmax(l)_i · c_i + softmax(l)_n · x. x: N×C×H×W; content: N×(n−1)×C×H×W; logits: N×n×H×W."""
+    if backend(x) == "triton":
+        return BlendSoftmaxFunction.apply(x, content, logits)
+    return blend_softmax_reference(x, content, logits)

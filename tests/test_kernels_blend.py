@@ -1,0 +1,67 @@
+"""kernels/blend.py: the Triton blends against the references, values and every gradient (under TRITON_INTERPRET=1
+on CPU, see conftest.py)."""
+import pytest
+import torch
+
+from kernels.blend import (BlendFunction, BlendSoftmaxFunction, blend, blend_reference, blend_softmax,
+                           blend_softmax_reference)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(1, 3, 1, 1), (2, 3, 7, 9), (1, 5, 33, 65), (3, 3, 20, 20)]  # 400 pixels > one 256-pixel block
+
+
+def leaf(*shape, scale=1.0, shift=0.0):
+    return (torch.randn(*shape, device=DEVICE) * scale + shift).requires_grad_()
+
+
+def check(fn, ref, args):
+    out = fn(*args)
+    ref_args = [t.detach().double().requires_grad_() for t in args]
+    expected = ref(*ref_args)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, args, g), torch.autograd.grad(expected, ref_args, g.double())):
+        assert a.shape == b.shape and a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_single_mask_matches_reference(shape):
+    N, C, H, W = shape
+    a = torch.rand(N, 1, H, W, device=DEVICE).requires_grad_()
+    check(BlendFunction.apply, blend_reference, [leaf(*shape), leaf(*shape), a])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("n", [2, 10])
+def test_softmax_matches_reference(shape, n):
+    N, C, H, W = shape
+    logits = leaf(N, n, H, W, scale=5.0, shift=30.0)  # large logits: the online softmax must not overflow
+    check(BlendSoftmaxFunction.apply, blend_softmax_reference, [leaf(*shape), leaf(N, n - 1, C, H, W), logits])
+
+
+def test_properties_of_the_references():
+    x, c = torch.randn(2, 3, 5, 5), torch.randn(2, 3, 5, 5)
+    assert torch.equal(blend_reference(x, c, torch.ones(2, 1, 5, 5)), c)    # all attention: the content
+    assert torch.equal(blend_reference(x, c, torch.zeros(2, 1, 5, 5)), x)   # none: the input
+    # A background logit far above the others gives the input back; n = 2 is the single-mask form with a = σ(l0 − l1).
+    logits = torch.randn(2, 2, 5, 5)
+    torch.testing.assert_close(blend_softmax_reference(x, c[:, None], logits),
+                               blend_reference(x, c, torch.sigmoid(logits[:, :1] - logits[:, 1:])))
+    far = torch.cat([torch.zeros(2, 9, 5, 5), torch.full((2, 1, 5, 5), 100.0)], 1)
+    torch.testing.assert_close(blend_softmax_reference(x, torch.randn(2, 9, 3, 5, 5), far), x)
+
+
+def test_runs_are_bitwise_equal_and_dispatch(monkeypatch):
+    args = [leaf(2, 3, 33, 65), leaf(2, 9, 3, 33, 65), leaf(2, 10, 33, 65)]
+    g = torch.randn(2, 3, 33, 65, device=DEVICE)
+    runs = []
+    for _ in range(2):
+        out = BlendSoftmaxFunction.apply(*args)
+        runs.append([out, *torch.autograd.grad(out, args, g)])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    monkeypatch.setenv("ATTNGAN_KERNELS", "triton")
+    assert blend_softmax(*args).grad_fn.name().endswith("BlendSoftmaxFunctionBackward")
+    assert blend(args[0], args[0], args[2][:, :1]).grad_fn.name().endswith("BlendFunctionBackward")
+    monkeypatch.setenv("ATTNGAN_KERNELS", "torch")
+    assert not blend_softmax(*args).grad_fn.name().endswith("BlendSoftmaxFunctionBackward")
