@@ -1,0 +1,68 @@
+"""kernels/boxmask.py: DA-GAN's soft box masks (Eq. 2-4), the Triton crop against the reference, values and the
+gradients for the image, the centres and the half-sizes (under TRITON_INTERPRET=1 on CPU, see conftest.py)."""
+import pytest
+import torch
+
+from kernels.boxmask import BoxCropFunction, box_crop, box_crop_reference, box_masks
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def boxes(N, B, outside=False):
+    centres = torch.rand(N, B, 2, device=DEVICE) * 1.6 - 0.8
+    if outside:  # partly outside the image
+        centres[:, 0] = torch.tensor([0.95, -1.1], device=DEVICE)
+    halves = torch.rand(N, B, 2, device=DEVICE) * 0.4 + 0.2
+    return centres.requires_grad_(), halves.requires_grad_()
+
+
+@pytest.mark.parametrize("shape, B, k", [((1, 3, 1, 1), 1, 5.0), ((2, 3, 7, 9), 4, 10.0), ((1, 5, 33, 65), 2, 50.0),
+                                         ((2, 3, 20, 20), 3, 20.0)])
+@pytest.mark.parametrize("outside", [False, True])
+def test_crop_matches_reference(shape, B, k, outside):
+    X = torch.randn(shape, device=DEVICE).requires_grad_()
+    centres, halves = boxes(shape[0], B, outside)
+    R = BoxCropFunction.apply(X, centres, halves, k)
+    ref_args = [t.detach().double().requires_grad_() for t in (X, centres, halves)]
+    expected = box_crop_reference(*ref_args, k)
+    torch.testing.assert_close(R.double(), expected, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(R)
+    ours = torch.autograd.grad(R, (X, centres, halves), g)
+    theirs = torch.autograd.grad(expected, ref_args, g.double())
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape and a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
+def test_mask_is_separable_rectangle_for_large_k():
+    centres = torch.tensor([[[0.0, 0.5]]])
+    halves = torch.tensor([[[0.5, 0.25]]])
+    m = box_masks(centres, halves, 64, 64, k=1e4)[0, 0]
+    ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
+    # x in [-0.5, 0.5] -> pixel columns 16..47; y in [0.25, 0.75] -> rows 40..55
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (16, 47, 40, 55)
+    assert torch.all((m < 1e-3) | (m > 1 - 1e-3))
+    soft = box_masks(centres, halves, 64, 64, k=5.0)[0, 0]
+    torch.testing.assert_close(soft, soft[:, 32:33] * soft[40:41, :] / soft[40, 32])  # rank one: m_y ⊗ m_x
+
+
+def test_gradcheck_reference_float64():
+    X = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    c = torch.tensor([[[0.1, -0.2], [0.9, 0.3]]], dtype=torch.float64, requires_grad=True)
+    h = torch.tensor([[[0.4, 0.3], [0.5, 0.6]]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda X, c, h: box_crop_reference(X, c, h, 4.0), (X, c, h))
+
+
+def test_runs_are_bitwise_equal_and_dispatch(monkeypatch):
+    X = torch.randn(2, 3, 33, 65, device=DEVICE).requires_grad_()
+    c, h = boxes(2, 4)
+    g = torch.randn(2, 4, 3, 33, 65, device=DEVICE)
+    runs = []
+    for _ in range(2):
+        R = BoxCropFunction.apply(X, c, h, 30.0)
+        runs.append([R, *torch.autograd.grad(R, (X, c, h), g)])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    monkeypatch.setenv("ATTNGAN_KERNELS", "triton")
+    assert box_crop(X, c, h, 30.0).grad_fn.name().endswith("BoxCropFunctionBackward")
+    monkeypatch.setenv("ATTNGAN_KERNELS", "torch")
+    assert not box_crop(X, c, h, 30.0).grad_fn.name().endswith("BoxCropFunctionBackward")
