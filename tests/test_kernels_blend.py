@@ -65,3 +65,16 @@ def test_runs_are_bitwise_equal_and_dispatch(monkeypatch):
     assert blend(args[0], args[0], args[2][:, :1]).grad_fn.name().endswith("BlendFunctionBackward")
     monkeypatch.setenv("ATTNGAN_KERNELS", "torch")
     assert not blend_softmax(*args).grad_fn.name().endswith("BlendSoftmaxFunctionBackward")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the interpreter has no bf16/fp16 arithmetic")
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+def test_half_precision_on_gpu(dtype, tol):
+    x, c, l = torch.randn(2, 3, 33, 65, device=DEVICE), torch.randn(2, 9, 3, 33, 65, device=DEVICE), \
+        torch.randn(2, 10, 33, 65, device=DEVICE)
+    out = BlendSoftmaxFunction.apply(x.to(dtype), c.to(dtype), l.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), blend_softmax_reference(x, c, l), rtol=tol, atol=tol)
+    a = torch.rand(2, 1, 33, 65, device=DEVICE)
+    out = BlendFunction.apply(x.to(dtype), c[:, 0].to(dtype), a.to(dtype))
+    torch.testing.assert_close(out.float(), blend_reference(x, c[:, 0], a), rtol=tol, atol=tol)

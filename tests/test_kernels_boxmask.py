@@ -66,3 +66,13 @@ def test_runs_are_bitwise_equal_and_dispatch(monkeypatch):
     assert box_crop(X, c, h, 30.0).grad_fn.name().endswith("BoxCropFunctionBackward")
     monkeypatch.setenv("ATTNGAN_KERNELS", "torch")
     assert not box_crop(X, c, h, 30.0).grad_fn.name().endswith("BoxCropFunctionBackward")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the interpreter has no bf16/fp16 arithmetic")
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+def test_half_precision_on_gpu(dtype, tol):
+    X = torch.randn(2, 3, 33, 65, device=DEVICE)
+    c, h = boxes(2, 4)
+    R = BoxCropFunction.apply(X.to(dtype), c, h, 30.0)
+    assert R.dtype == dtype
+    torch.testing.assert_close(R.float(), box_crop_reference(X, c, h, 30.0), rtol=tol, atol=tol)
