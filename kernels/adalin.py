@@ -49,8 +49,13 @@ def adalin_eq1(x, rho, gamma, beta, eps=1e-5, unbiased=True):
 
 def adalin_reference(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     """Eq. (1) as the CPU path computes it."""
+    N, C, H, W = x.shape
+    d_I, d_L = (H * W - 1, C * H * W - 1) if unbiased else (H * W, C * H * W)
     var_I, mu_I = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=unbiased)      # per (n, c)
-    var_L, mu_L = torch.var_mean(x, dim=(1, 2, 3), keepdim=True, unbiased=unbiased)   # per n
+    # Per n, from the N×C numbers rather than another pass over x: the mean of the means, and the squared
+    # deviations within each channel plus those of the channel means (Chan et al.'s pairwise combination).
+    mu_L = mu_I.mean(1, keepdim=True)
+    var_L = (var_I * d_I + H * W * (mu_I - mu_L) ** 2).sum(1, keepdim=True) / d_L
     inv_I, inv_L = torch.rsqrt(var_I + eps), torch.rsqrt(var_L + eps)
     # Eq. (1), γ(ρ â_I + (1 − ρ) â_L) + β, is for each (n, c) an affine map of x: x · scale + shift with
     #     scale = γ (ρ / σ_I + (1 − ρ) / σ_L),   shift = β − γ (ρ μ_I / σ_I + (1 − ρ) μ_L / σ_L),

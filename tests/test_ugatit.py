@@ -146,7 +146,7 @@ def test_generator_gradients_are_those_of_eq7():
     params = [*ref.genA2B.parameters(), *ref.genB2A.parameters()]
     grads = torch.autograd.grad(loss, params)
     for ours, theirs in zip(captured["grads"], grads):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+        assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max() + 1e-7
 
 
 def test_discriminator_loss_is_eq2_and_eq6():
