@@ -83,6 +83,9 @@ def build_parser(name, description, defaults):
     add_bool(p, "--resume", False, "continue from <run>/checkpoints/latest.pt")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and the augmentation "
                                                        "(default 0)")
+    p.add_argument("--kernels", choices=("auto", "torch", "triton"), default=None,
+                   help="fused ops: Triton kernels or the PyTorch references (sets ATTNGAN_KERNELS; default auto: "
+                        "Triton on CUDA)")
     p.add_argument("--input", default=None, help="test phase: translate this image file or folder instead of the "
                                                  "test sets")
     p.add_argument("--direction", choices=("A2B", "B2A"), default="A2B", help="direction for --input (default A2B)")
@@ -384,6 +387,8 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
     try:
         args = parse_args(parser, argv, preset)
         device = choose_device(args.device)
+        if args.kernels:
+            os.environ["ATTNGAN_KERNELS"] = args.kernels
         print(f"{name}: " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None)
               + f"  [device {device}]")
         if args.download:

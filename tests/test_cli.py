@@ -126,3 +126,15 @@ def test_authors_boolean_spellings_and_alias(tmp_path):
     p = run(tmp_path, "--data", "shapes", "--light", "True", "--decay_flag", "False", "--img_size", "32", "--ch",
             "4", "--n_res", "1", "--n_dis", "4", "--iteration", "1")
     assert "--light True" in p.stdout and "--decay_flag False" in p.stdout
+
+
+def test_kernels_flag_runs_the_triton_path(tmp_path):
+    """--kernels triton: the AdaLIN kernel in every generator (in Triton's interpreter here, see conftest.py), on a
+    two-image folder data set (no test sets, so no evaluation pass through the interpreter)."""
+    for domain, colour in (("trainA", (200, 30, 30)), ("trainB", (240, 140, 20))):
+        (tmp_path / "dataset/tiny" / domain).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 36), colour).save(tmp_path / "dataset/tiny" / domain / f"{i}.png")
+    p = run(tmp_path, *TINY, "--dataset", "tiny", "--iteration", "1", "--kernels", "triton")
+    assert "--kernels triton" in p.stdout
+    assert (tmp_path / "runs/ugatit/tiny/checkpoints/latest.pt").exists()

@@ -117,6 +117,18 @@ def test_triton_matches_reference(shape, adaptive, unbiased, mean):
         assert err < tol, (name, err.item())
 
 
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_triton_one_pixel_maps_with_the_biased_variance(adaptive):
+    """H×W = 1×1: instance statistics of one value (the unbiased variance would divide by zero, in the reference too)."""
+    args = inputs((2, 3, 1, 1), adaptive, mean=5.0)
+    y = AdaLINFunction.apply(*args, 1e-5, False)
+    ref_args = [t.detach().double().requires_grad_() for t in args]
+    ref = adalin_reference(*ref_args, unbiased=False)
+    torch.testing.assert_close(y.double(), ref, rtol=0, atol=1e-4)
+    for a, b in zip(torch.autograd.grad(y.sum(), args), torch.autograd.grad(ref.sum(), ref_args)):
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4)
+
+
 def test_triton_runs_are_bitwise_equal():
     args = inputs((2, 5, 33, 65), adaptive=True)
     dy = torch.randn(2, 5, 33, 65, device=DEVICE)

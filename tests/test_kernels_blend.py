@@ -52,6 +52,15 @@ def test_properties_of_the_references():
     torch.testing.assert_close(blend_softmax_reference(x, torch.randn(2, 9, 3, 5, 5), far), x)
 
 
+def test_gradcheck_references_float64():
+    x, c = (torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    a = torch.rand(1, 1, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(blend_reference, (x, c, a))
+    cs = torch.randn(1, 3, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(1, 4, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(blend_softmax_reference, (x, cs, logits))
+
+
 def test_runs_are_bitwise_equal_and_dispatch(monkeypatch):
     args = [leaf(2, 3, 33, 65), leaf(2, 9, 3, 33, 65), leaf(2, 10, 33, 65)]
     g = torch.randn(2, 3, 33, 65, device=DEVICE)
