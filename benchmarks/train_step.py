@@ -31,6 +31,7 @@ def main(argv=None):
     paper.add_arguments(parser)
     args = parser.parse_args(rest)
     device = choose_device(args.device)
+    torch.set_flush_denormal(True)  # as the scripts run (common/train.py)
     seed_everything(args.seed)
     model = paper.make_model(args, device)
     shape = (args.batch_size, args.img_ch, args.img_size, args.img_size)

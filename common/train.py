@@ -389,6 +389,9 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
         device = choose_device(args.device)
         if args.kernels:
             os.environ["ATTNGAN_KERNELS"] = args.kernels
+        # Late in training, tiny gradients and Adam moments turn subnormal, which x86 CPUs compute many times
+        # slower: flushing them to zero made iterations 2000-2200 of the CPU preset 28% faster (64 s -> 46 s).
+        torch.set_flush_denormal(True)
         print(f"{name}: " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None)
               + f"  [device {device}]")
         if args.download:
