@@ -120,7 +120,8 @@ class CAM(nn.Module):
 
     def __init__(self, C, activation, sn=False):
         super().__init__()
-        self.gap_fc, self.gmp_fc = (SNLinear if sn else nn.Linear)(C, 1, False), (SNLinear if sn else nn.Linear)(C, 1, False)
+        linear = SNLinear if sn else nn.Linear
+        self.gap_fc, self.gmp_fc = linear(C, 1, bias=False), linear(C, 1, bias=False)
         self.conv1x1 = nn.Conv2d(2 * C, C, 1)
         self.activation = activation
 
@@ -217,8 +218,8 @@ def clip_rho(net):
 
 # --- The authors' checkpoints -----------------------------------------------------------------------------------
 # UGATIT-pytorch saves {genA2B, genB2A, disGA, disGB, disLA, disLB}. Their key -> ours: every rule that matches
-# is applied in turn, a prefix and then maybe a suffix (spectral norm: their torch.nn.utils.spectral_norm stores weight_orig, weight_u, weight_v; ours weight, weight_u,
-# weight_v, with the same meaning).
+# is applied in turn, a prefix and then maybe a suffix. Spectral norm: their torch.nn.utils.spectral_norm stores
+# weight_orig, weight_u, weight_v; ours stores weight, weight_u, weight_v, with the same meaning.
 AUTHORS_KEYS = [
     (r"^DownBlock\.", "encoder."), (r"^FC\.", "mlp."), (r"^UpBlock1_(\d+)\.", "bottleneck.{}."),
     (r"^UpBlock2\.", "upsampling."), (r"^(gap_fc|gmp_fc|conv1x1)\.", "cam.{}."),

@@ -60,7 +60,7 @@ class SpectralNorm:
 
     def sigma(self):
         self.power_iteration()
-        return self.weight_u @ (self.weight.flatten(1) @ self.weight_v)  # σ ≈ uᵀWv; u, v held fixed in the gradient
+        return self.weight_u @ (self.weight.flatten(1) @ self.weight_v)  # σ ≈ uᵀWv; u, v fixed in the gradient
 
 
 class SNConv2d(SpectralNorm, nn.Conv2d):
@@ -81,7 +81,8 @@ class SNConv2d(SpectralNorm, nn.Conv2d):
 @contextmanager
 def plain_cpu_conv():
     """On CPU, oneDNN re-lays out a conv's weight at every call; for the discriminators' wide convs with tiny
-    outputs that costs more than the conv, and PyTorch's plain im2col + GEMM path is 2-3× faster. (No effect on GPU.)"""
+    outputs that costs more than the conv, and PyTorch's plain im2col + GEMM path is faster: 0.35 s instead of
+    0.49 s for both discriminators' forward and backward at 128 px. (No effect on GPU.)"""
     enabled = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
