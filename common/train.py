@@ -227,9 +227,15 @@ class Run:
             f.write(json.dumps(record) + "\n")
 
     def truncate_log(self, step):
-        """On resume, drop lines for steps after the checkpoint (they will be run again)."""
+        """On resume, drop lines for steps after the checkpoint (they will be run again), and a line cut short
+        by a crash in the middle of writing it."""
+        def kept(line):
+            try:
+                return json.loads(line).get("step", 0) <= step
+            except json.JSONDecodeError:
+                return False
         if self.log.exists():
-            keep = [l for l in self.log.read_text().splitlines() if json.loads(l).get("step", 0) <= step]
+            keep = [l for l in self.log.read_text().splitlines() if kept(l)]
             tmp = self.log.with_suffix(".tmp")
             tmp.write_text("".join(l + "\n" for l in keep))
             os.replace(tmp, self.log)

@@ -138,3 +138,12 @@ def test_kernels_flag_runs_the_triton_path(tmp_path):
     p = run(tmp_path, *TINY, "--dataset", "tiny", "--iteration", "1", "--kernels", "triton")
     assert "--kernels triton" in p.stdout
     assert (tmp_path / "runs/ugatit/tiny/checkpoints/latest.pt").exists()
+
+
+def test_resume_drops_a_log_line_cut_short_by_a_crash(tmp_path):
+    run(tmp_path, *TINY, "--iteration", "2")
+    log = tmp_path / "runs/ugatit/shapes/log.jsonl"
+    with open(log, "a") as f:
+        f.write('{"step": 3, "D": 1.')  # what a kill in the middle of a write leaves
+    run(tmp_path, *TINY, "--iteration", "4", "--resume")
+    assert [r["step"] for r in losses(tmp_path)] == [1, 2, 3, 4]
