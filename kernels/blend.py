@@ -35,42 +35,40 @@ def blend_softmax_reference(x, content, logits):
 
 if triton is not None:
     @triton.jit
-    def _blend_fwd(X, Cn, A, OUT, C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+    def _tile(C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+        """This program's image n and block of pixels, with every channel: masks, and offsets within an image."""
         n = tl.program_id(0).to(tl.int64)
         pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ch = tl.arange(0, BLOCK_C)
-        inside = (ch[:, None] < C) & (pix[None, :] < HW)
-        offs = n * C * HW + ch[:, None] * HW + pix[None, :]
-        a = tl.load(A + n * HW + pix, mask=pix < HW, other=0.0).to(tl.float32)[None, :]
+        in_pix = pix < HW
+        return n, pix, in_pix, (ch[:, None] < C) & in_pix[None, :], ch[:, None] * HW + pix[None, :]
+
+    @triton.jit
+    def _blend_fwd(X, Cn, A, OUT, C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+        n, pix, in_pix, inside, img = _tile(C, HW, BLOCK_C, BLOCK)
+        offs = n * C * HW + img
+        a = tl.load(A + n * HW + pix, mask=in_pix, other=0.0).to(tl.float32)[None, :]
         x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
         c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
         tl.store(OUT + offs, (x + a * (c - x)).to(OUT.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _blend_bwd(X, Cn, A, G, DX, DC, DA, C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        n = tl.program_id(0).to(tl.int64)
-        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        ch = tl.arange(0, BLOCK_C)
-        inside = (ch[:, None] < C) & (pix[None, :] < HW)
-        offs = n * C * HW + ch[:, None] * HW + pix[None, :]
-        a = tl.load(A + n * HW + pix, mask=pix < HW, other=0.0).to(tl.float32)[None, :]
+        n, pix, in_pix, inside, img = _tile(C, HW, BLOCK_C, BLOCK)
+        offs = n * C * HW + img
+        a = tl.load(A + n * HW + pix, mask=in_pix, other=0.0).to(tl.float32)[None, :]
         x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
         c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
         g = tl.load(G + offs, mask=inside, other=0.0).to(tl.float32)
         tl.store(DX + offs, (g * (1 - a)).to(DX.dtype.element_ty), mask=inside)
         tl.store(DC + offs, (g * a).to(DC.dtype.element_ty), mask=inside)
         da = tl.sum(tl.where(inside, g * (c - x), 0.0), axis=0)
-        tl.store(DA + n * HW + pix, da.to(DA.dtype.element_ty), mask=pix < HW)
+        tl.store(DA + n * HW + pix, da.to(DA.dtype.element_ty), mask=in_pix)
 
     @triton.jit
     def _softmax_fwd(X, Cn, L, OUT, LSE, C, HW, NM, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
         """NM masks: NM − 1 content images, then the input. Online softmax over the masks."""
-        n = tl.program_id(0).to(tl.int64)
-        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        ch = tl.arange(0, BLOCK_C)
-        in_pix = pix < HW
-        inside = (ch[:, None] < C) & in_pix[None, :]
-        img = ch[:, None] * HW + pix[None, :]
+        n, pix, in_pix, inside, img = _tile(C, HW, BLOCK_C, BLOCK)
         m = tl.full([BLOCK], float("-inf"), tl.float32)
         s = tl.zeros([BLOCK], dtype=tl.float32)
         acc = tl.zeros([BLOCK_C, BLOCK], dtype=tl.float32)
@@ -91,12 +89,7 @@ if triton is not None:
 
     @triton.jit
     def _softmax_bwd(X, Cn, L, OUT, LSE, G, DX, DC, DL, C, HW, NM, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        n = tl.program_id(0).to(tl.int64)
-        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        ch = tl.arange(0, BLOCK_C)
-        in_pix = pix < HW
-        inside = (ch[:, None] < C) & in_pix[None, :]
-        img = ch[:, None] * HW + pix[None, :]
+        n, pix, in_pix, inside, img = _tile(C, HW, BLOCK_C, BLOCK)
         g = tl.load(G + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
         out = tl.load(OUT + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
         lse = tl.load(LSE + n * HW + pix, mask=in_pix, other=0.0)
