@@ -8,17 +8,23 @@ Triton kernels, an autograd.Function joining them, and one public function that 
 - ATTNGAN_KERNELS=triton  always the Triton kernels (on CPU tensors only under TRITON_INTERPRET=1, as the tests do);
 - unset or "auto"         Triton for CUDA tensors when triton imports, the reference elsewhere.
 """
+import functools
 import importlib.util
 import os
 
 CHOICES = ("auto", "torch", "triton")
 
 
+@functools.cache
+def _triton_installed():
+    return importlib.util.find_spec("triton") is not None
+
+
 def backend(x):
     choice = os.environ.get("ATTNGAN_KERNELS", "auto")
     if choice not in CHOICES:
         raise ValueError(f"ATTNGAN_KERNELS={choice!r}: use one of {', '.join(CHOICES)}")
-    has_triton = importlib.util.find_spec("triton") is not None
+    has_triton = _triton_installed()
     if choice == "auto":
         return "triton" if x.is_cuda and has_triton else "torch"
     if choice == "triton" and not has_triton:

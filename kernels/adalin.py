@@ -47,15 +47,26 @@ def adalin_eq1(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     return _affine(gamma, x) * (rho * a_I + (1 - rho) * a_L) + _affine(beta, x)
 
 
+def _divisors(C, HW, unbiased):
+    """What the sums of squared deviations are divided by: count − 1 (unbiased) or count, instance then layer."""
+    return (HW - 1, C * HW - 1) if unbiased else (HW, C * HW)
+
+
+def _layer_from_instance(mu_I, m2_I, HW):
+    """Per n, from the per-(n, c) means and sums of squared deviations rather than another pass over x: the mean
+    of the means, and the deviations within each channel plus those of the channel means (Chan et al.'s pairwise
+    combination). Returns μ_L and Σ (x − μ_L)², both keeping dim 1."""
+    mu_L = mu_I.mean(1, keepdim=True)
+    return mu_L, (m2_I + HW * (mu_I - mu_L) ** 2).sum(1, keepdim=True)
+
+
 def adalin_reference(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     """Eq. (1) as the CPU path computes it."""
     N, C, H, W = x.shape
-    d_I, d_L = (H * W - 1, C * H * W - 1) if unbiased else (H * W, C * H * W)
+    d_I, d_L = _divisors(C, H * W, unbiased)
     var_I, mu_I = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=unbiased)      # per (n, c)
-    # Per n, from the N×C numbers rather than another pass over x: the mean of the means, and the squared
-    # deviations within each channel plus those of the channel means (Chan et al.'s pairwise combination).
-    mu_L = mu_I.mean(1, keepdim=True)
-    var_L = (var_I * d_I + H * W * (mu_I - mu_L) ** 2).sum(1, keepdim=True) / d_L
+    mu_L, m2_L = _layer_from_instance(mu_I, var_I * d_I, H * W)                       # per n
+    var_L = m2_L / d_L
     inv_I, inv_L = torch.rsqrt(var_I + eps), torch.rsqrt(var_L + eps)
     # Eq. (1), γ(ρ â_I + (1 − ρ) â_L) + β, is for each (n, c) an affine map of x: x · scale + shift with
     #     scale = γ (ρ / σ_I + (1 − ρ) / σ_L),   shift = β − γ (ρ μ_I / σ_I + (1 − ρ) μ_L / σ_L),
@@ -152,9 +163,8 @@ def _statistics(x, unbiased):
     k, s1, s2 = k.view(N, C), s1.view(N, C), s2.view(N, C)
     mu_I = k + s1 / HW
     m2_I = (s2 - s1 * s1 / HW).clamp_min(0)            # Σ (x − μ_I)²
-    mu_L = mu_I.mean(1, keepdim=True)
-    m2_L = (m2_I + HW * (mu_I - mu_L) ** 2).sum(1, keepdim=True)  # Chan et al.'s pairwise combination
-    d_I, d_L = (HW - 1, C * HW - 1) if unbiased else (HW, C * HW)
+    mu_L, m2_L = _layer_from_instance(mu_I, m2_I, HW)
+    d_I, d_L = _divisors(C, HW, unbiased)
     return mu_I, m2_I / d_I, mu_L, m2_L / d_L, d_I, d_L
 
 
