@@ -133,3 +133,80 @@ class SNLinear(SpectralNorm, nn.Linear):
 
     def forward(self, x):
         return F.linear(x, self.normalized_weight(), self.bias)
+
+
+# --- CycleGAN's networks (Zhu et al. 2017, Appendix 7.2), which AttentionGAN and UAIT build on -------------------
+
+def resnet_encoder(in_ch, ngf, n_blocks):
+    """c7s1-ngf, d(2·ngf), d(4·ngf), then n_blocks residual blocks at 4·ngf channels, H/4 × W/4. The stride-2 convs
+    pad with zeros, the others reflect, as in CycleGAN's released generator."""
+    layers = [*conv(in_ch, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
+    for c in (ngf, 2 * ngf):
+        layers += [nn.Conv2d(c, 2 * c, 3, 2, 1), nn.InstanceNorm2d(2 * c), nn.ReLU(True)]
+    return layers + [ResnetBlock(4 * ngf) for _ in range(n_blocks)]
+
+
+def resnet_decoder(ngf, out_ch, kernel=7):
+    """u(2·ngf), u(ngf) (3×3 transposed convs, stride 2), then a kernel×kernel conv to out_ch with no
+    activation: the paper picks it (tanh for an image, sigmoid or softmax for attention)."""
+    layers = []
+    for c in (4 * ngf, 2 * ngf):
+        layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(c // 2),
+                   nn.ReLU(True)]
+    return layers + conv(ngf, out_ch, kernel)
+
+
+class PatchGAN(nn.Module):
+    """The 70×70 PatchGAN (pix2pix, CycleGAN): C64-C128-C256-C512, 4×4 convs, LeakyReLU 0.2, instance norm on all
+    but the first, then a 4×4 conv to one logit per patch. `normalize = False` skips the norms at run time (UAIT
+    switches them off in its second stage). Keys match the released `model.N` layout."""
+
+    def __init__(self, in_ch=3, ndf=64, n_layers=3):
+        super().__init__()
+        layers, c = [nn.Conv2d(in_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
+        for i in range(1, n_layers + 1):
+            stride = 2 if i < n_layers else 1
+            layers += [nn.Conv2d(c, 2 * c, 4, stride, 1), nn.InstanceNorm2d(2 * c), nn.LeakyReLU(0.2, True)]
+            c *= 2
+        self.model = nn.Sequential(*layers, nn.Conv2d(c, 1, 4, 1, 1))
+        self.normalize = True
+
+    def forward(self, x):
+        for layer in self.model:
+            if self.normalize or not isinstance(layer, nn.InstanceNorm2d):
+                x = layer(x)
+        return x
+
+
+def lsgan_d(D, real, fake):
+    """The discriminator's LSGAN objective, halved to slow D down relative to G (CycleGAN §4): ½[(D(real) − 1)² +
+    D(fake)²]. Real and fake go through D as one batch: instance norm is per image, so this is two passes' result
+    at the cost of one."""
+    logits = D(torch.cat([real, fake]))
+    return 0.5 * (lsgan(logits[:len(real)], 1) + lsgan(logits[len(real):], 0))
+
+
+class ImagePool:
+    """CycleGAN's history of generated images (after Shrivastava et al. 2017): D is shown, for each new fake, with
+    probability ½ a stored older one (which the new one replaces), so it does not forget what G used to make.
+    The draws use torch's global RNG, which checkpoints save; the pool itself is saved through `state_dict`."""
+
+    def __init__(self, size=50):
+        self.size, self.images = size, []
+
+    def query(self, images):
+        out = []
+        for image in images.detach():
+            if len(self.images) < self.size:
+                self.images.append(image)
+            elif torch.rand(()) < 0.5:
+                i = int(torch.randint(len(self.images), ()))
+                self.images[i], image = image, self.images[i].to(image.device)
+            out.append(image)
+        return torch.stack(out)
+
+    def state_dict(self):
+        return {"images": torch.stack(self.images) if self.images else torch.empty(0)}
+
+    def load_state_dict(self, state):
+        self.images = list(state["images"])

@@ -153,15 +153,16 @@ def _load(dataset: ShapesDomain, indices: range) -> tuple[torch.Tensor, torch.Te
 
 
 def _direction_sums(translate, dataset: ShapesDomain, direction: str, device, batch_size, count):
-    sums = {"bg_psnr": 0.0, "target": 0.0, "iou": 0.0}
+    sums = {"bg_psnr": 0.0, "target": 0.0}
     for start in range(0, count, batch_size):
         x, mask = _load(dataset, range(start, min(start + batch_size, count)))
         y, attention = translate(x.to(device), direction)
-        y, attention = y.float().cpu(), attention.float().cpu()
+        y = y.float().cpu()
         score = target_score(y, mask)
         sums["bg_psnr"] += background_psnr(x, y, mask).sum().item()
         sums["target"] += (score if direction == "A2B" else 1.0 - score).sum().item()
-        sums["iou"] += attention_iou(attention, mask).sum().item()
+        if attention is not None:  # a translator without attention (CycleGAN) has no iou
+            sums["iou"] = sums.get("iou", 0.0) + attention_iou(attention.float().cpu(), mask).sum().item()
     return sums
 
 
@@ -170,7 +171,7 @@ def shapes_report(translate, testA: ShapesDomain, testB: ShapesDomain, device, b
     """Mean bg_psnr, target and iou of both directions over the first ``limit`` test images.
 
     ``translate(x, direction)`` gets a batch on ``device`` and "A2B" or "B2A" and returns the
-    translated batch and an attention map (N x 1 x h x w, any scale and resolution).
+    translated batch and an attention map (N x 1 x h x w, any scale and resolution) or None.
     """
     report = {}
     with torch.no_grad():

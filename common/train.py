@@ -6,7 +6,13 @@ A model is any object with
     nets         dict name -> nn.Module, saved under these names
     optimizers   dict name -> torch.optim.Optimizer
     train_step(real_A, real_B) -> dict of scalar loss tensors (one iteration: every update of the paper)
-    translate(x, direction)    -> (image, attention map), direction "A2B" or "B2A"
+    translate(x, direction)    -> (image, attention map or None), direction "A2B" or "B2A"
+and optionally
+    pools        dict name -> ImagePool (common.blocks), saved with the checkpoint
+    visuals(x, direction)      -> list of N×C×H×W tiles in [-1, 1] (C = 3 or 1) for samples and the test phase,
+                                  instead of input | attention over the input | output
+The harness sets `model.progress`, the fraction of --iteration done, before each train_step: the papers' schedules
+in epochs ("switch at epoch 30 of 100") follow it, and so scale with the length of the run.
 
 Runs live in <result_dir>/<model>/<dataset>/: checkpoints/latest.pt, samples/, log.jsonl, test/.
 Exact resume: a training batch is a pure function of (--seed, step) (common.data.UnpairedSteps), and a checkpoint
@@ -66,6 +72,9 @@ def build_parser(name, description, defaults):
     add_bool(p, "--download", False, "download a CycleGAN data set (horse2zebra, apple2orange, ...) if missing")
     p.add_argument("--phase", choices=("train", "test"), default="train", help="train, or translate the test "
                    "sets with the latest checkpoint (default train)")
+    if "epochs" in defaults:
+        arg("--epochs", int, "training epochs (one epoch: the larger training set once), when --iteration is not "
+                             "given")
     arg("--iteration", int, "training iterations")
     arg("--batch_size", int, "images per domain per iteration")
     arg("--print_freq", int, "write a sample grid every N iterations")
@@ -111,8 +120,11 @@ def parse_args(parser, argv, preset):
         raise UsageError("--input translates images with a trained model: use it with --phase test")
     if args.img_size < 32:
         raise UsageError(f"--img_size {args.img_size}: use 32 or more (64 and up is what the papers' networks suit)")
-    for flag in ("iteration", "batch_size", "print_freq", "save_freq", "log_freq"):
-        if getattr(args, flag) < 1:
+    if args.img_size % 4:
+        raise UsageError(f"--img_size {args.img_size}: use a multiple of 4 (the generators halve it twice and double "
+                         f"it back)")
+    for flag in ("iteration", "epochs", "batch_size", "print_freq", "save_freq", "log_freq"):
+        if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < 1:
             raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least 1")
     return args
 
@@ -178,6 +190,7 @@ def save_checkpoint(path, model, schedulers, step, args):
              "nets": {k: m.state_dict() for k, m in model.nets.items()},
              "optimizers": {k: o.state_dict() for k, o in model.optimizers.items()},
              "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+             "pools": {k: p.state_dict() for k, p in getattr(model, "pools", {}).items()},
              "rng": rng_state()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -241,16 +254,25 @@ class Run:
             os.replace(tmp, self.log)
 
 
+def panels(model, x, direction):
+    """The tiles shown for a batch x: the model's own `visuals`, or input | attention over the input | output.
+    Returns the translation too."""
+    with torch.no_grad():
+        y, att = model.translate(x, direction)
+        if hasattr(model, "visuals"):
+            return model.visuals(x, direction), y
+    return [x, torch.stack([overlay(x[i], att[i]) for i in range(len(x))]) if att is not None else x, y], y
+
+
 def sample_grid(model, A, B, device, n=4):
-    """Rows: input | attention over input | translation | translated back, for n images of each domain."""
+    """A row per image, n of each domain: its panels, then the translation translated back."""
     rows = []
     for domain, direction, back in ((A, "A2B", "B2A"), (B, "B2A", "A2B")):
         x = torch.stack([domain.get(i) for i in range(min(n, len(domain)))]).to(device)
+        tiles, y = panels(model, x, direction)
         with torch.no_grad():
-            y, att = model.translate(x, direction)
             x_back, _ = model.translate(y, back)
-        for i in range(len(x)):
-            rows.append([x[i], overlay(x[i], att[i]) if att is not None else x[i], y[i], x_back[i]])
+        rows += [[t[i] for t in tiles] + [x_back[i]] for i in range(len(x))]
     return grid(rows)
 
 
@@ -285,6 +307,8 @@ def train(model, args, data, run, device):
             o.load_state_dict(state["optimizers"][k])
         for k, s in schedulers.items():
             s.load_state_dict(state["schedulers"][k])
+        for k, p in getattr(model, "pools", {}).items():
+            p.load_state_dict(state["pools"][k])
         set_rng_state(state["rng"])
         start = state["step"]
         run.truncate_log(start)
@@ -302,13 +326,15 @@ def train(model, args, data, run, device):
     workers = min(4, (os.cpu_count() or 1) // 2) if device.type == "cuda" else 0
     loader = torch.utils.data.DataLoader(steps, batch_size=args.batch_size, num_workers=workers,
                                          sampler=range(start * args.batch_size, args.iteration * args.batch_size),
-                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                                         generator=torch.Generator())  # its seed draw must not move torch's RNG
     show_A, show_B = data["testA"] or data["trainA"], data["testB"] or data["trainB"]
     run.samples.mkdir(parents=True, exist_ok=True)
     step, t0 = start, time.time()
     bar = tqdm(total=args.iteration, initial=start, dynamic_ncols=True, desc=run.root.parent.name)
     with StopFlag() as stop:
         for real_A, real_B in loader:
+            model.progress = step / args.iteration
             losses = model.train_step(real_A.to(device, non_blocking=True), real_B.to(device, non_blocking=True))
             values = {k: v.item() for k, v in losses.items()}
             if not all(math.isfinite(v) for v in values.values()):
@@ -349,16 +375,13 @@ def evaluate(model, data, run, step, device):
 
 
 def translate_all(model, domain, direction, out, device, batch_size=8):
-    """Each output written beside its input and its attention map: input | attention | output."""
+    """Each output written as one row of its panels (input | attention | output, or the model's visuals)."""
     out.mkdir(parents=True, exist_ok=True)
     for first in range(0, len(domain), batch_size):
         idx = range(first, min(first + batch_size, len(domain)))
-        x = torch.stack([domain.get(i) for i in idx]).to(device)
-        with torch.no_grad():
-            y, att = model.translate(x, direction)
+        tiles, _ = panels(model, torch.stack([domain.get(i) for i in idx]).to(device), direction)
         for j, i in enumerate(idx):
-            tiles = [x[j], overlay(x[j], att[j]) if att is not None else x[j], y[j]]
-            grid([tiles]).save(out / f"{domain.name(i)}.png")
+            grid([[t[j] for t in tiles]]).save(out / f"{domain.name(i)}.png")
     print(f"{direction}: {len(domain)} images -> {out}")
 
 
@@ -404,6 +427,10 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
             download_cyclegan(args.dataset, args.data_root)
         data = None if args.input else load_unpaired(args.dataset, args.img_size, root=args.data_root,
                                                      seed=args.seed)
+        if args.iteration is None and data is not None:
+            largest = max(len(data["trainA"]), len(data["trainB"]))
+            args.iteration = math.ceil(args.epochs * largest / args.batch_size)
+            print(f"--epochs {args.epochs} of {largest} images, batch {args.batch_size}: --iteration {args.iteration}")
         seed_everything(args.seed)
         model = make_model(args, device)
         run = Run(args, name)

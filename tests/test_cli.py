@@ -111,6 +111,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     (["--norm", "batch"], "invalid choice"),
     (["--device", "cuda"], "--device cuda"),
     (["--img_size", "16"], "--img_size 16"),
+    (["--img_size", "34"], "multiple of 4"),
     (["--phase", "test"], "train first"),
     (["--input", "x.png"], "--phase test"),
 ])
