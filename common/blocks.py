@@ -198,10 +198,10 @@ class ImagePool:
         out = []
         for image in images.detach():
             if len(self.images) < self.size:
-                self.images.append(image)
+                self.images.append(image.clone())  # a copy: a view would keep its whole batch alive
             elif torch.rand(()) < 0.5:
                 i = int(torch.randint(len(self.images), ()))
-                self.images[i], image = image, self.images[i].to(image.device)
+                self.images[i], image = image.clone(), self.images[i].to(image.device)
             out.append(image)
         return torch.stack(out)
 
