@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.blocks import ImagePool, PatchGAN, init_normal, lsgan, lsgan_d, resnet_decoder, resnet_encoder
-from common.train import UsageError, add_bool, load_checkpoint, load_nets, main
+from common.train import UsageError, add_bool, add_default, load_checkpoint, load_nets, main
 from kernels.blend import blend, blend_softmax
 
 # --- Defaults: the paper's hyperparameters (flag -> (value, source)) ------------------------------------------
@@ -289,8 +289,7 @@ class AttentionGAN:
 
 def add_arguments(parser):
     def arg(flag, type, help):
-        value, source = DEFAULTS[flag.lstrip("-")]
-        parser.add_argument(flag, type=type, default=value, help=f"{help} (default {value}: {source})")
+        add_default(parser, DEFAULTS, flag, type, help)
     parser.add_argument("--scheme", choices=("I", "II"), default="II",
                         help="attention-guided generation scheme I (Eq. 1) or II (Eq. 2) (default II)")
     arg("--n_masks", int, "scheme II: n attention masks, n − 1 content images")

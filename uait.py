@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from common.blocks import (ImagePool, PatchGAN, ResnetBlock, conv, init_normal, lsgan, lsgan_d, resnet_decoder,
                            resnet_encoder)
-from common.train import UsageError, add_bool, main
+from common.train import UsageError, add_bool, add_default, main
 from kernels.blend import blend
 
 # --- Defaults: the paper's hyperparameters (flag -> (value, source)) ------------------------------------------
@@ -218,8 +218,7 @@ class UAIT:
 
 def add_arguments(parser):
     def arg(flag, type, help):
-        value, source = DEFAULTS[flag.lstrip("-")]
-        parser.add_argument(flag, type=type, default=value, help=f"{help} (default {value}: {source})")
+        add_default(parser, DEFAULTS, flag, type, help)
     arg("--cycle_weight", float, "λ_cyc, cycle loss")
     arg("--ch", int, "base channels of the generators (ch, 2ch, 4ch) and of the attention networks (ch, 2ch)")
     arg("--n_res", int, "residual blocks in each generator")

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.blocks import ResnetBlock, SNConv2d, SNLinear, conv, init_normal, lsgan
-from common.train import UsageError, add_bool, load_checkpoint, load_nets, main
+from common.train import UsageError, add_bool, add_default, load_checkpoint, load_nets, main
 from kernels.adalin import adalin
 
 # --- Defaults: the paper's hyperparameters (flag -> (value, source)) ------------------------------------------
@@ -358,8 +358,7 @@ class UGATIT:
 
 def add_arguments(parser):
     def arg(flag, type, help):
-        value, source = DEFAULTS[flag.lstrip("-")]
-        parser.add_argument(flag, type=type, default=value, help=f"{help} (default {value}: {source})")
+        add_default(parser, DEFAULTS, flag, type, help)
     add_bool(parser, "--light", False, "light model: the γ/β MLP sees the pooled attention features (authors' code)")
     arg("--adv_weight", float, "λ1, adversarial terms")
     arg("--cycle_weight", float, "λ2, cycle loss")

@@ -54,15 +54,21 @@ def add_bool(parser, flag, default, help):
                         help=f"{help} (default {default})")
 
 
+def add_default(parser, defaults, flag, type, help):
+    """A flag whose default, and where that default comes from, a paper file's DEFAULTS gives (flag -> (value,
+    source)), so that --help names the source."""
+    value, source = defaults[flag.lstrip("-")]
+    parser.add_argument(flag, type=type, default=value, help=f"{help} (default {value}: {source})")
+
+
 def build_parser(name, description, defaults):
     """The flags shared by all five scripts, spelled as in the authors' U-GAT-IT code. `defaults` maps a flag to
     (value, where the value comes from); the paper file gives these, so each help says its source."""
     p = argparse.ArgumentParser(prog=f"python {name}.py", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def arg(flag, type, help, **kw):
-        value, source = defaults[flag.lstrip("-")]
-        p.add_argument(flag, type=type, default=value, help=f"{help} (default {value}: {source})", **kw)
+    def arg(flag, type, help):
+        add_default(p, defaults, flag, type, help)
 
     p.add_argument("--dataset", "--data", default=None,
                    help="'shapes' (embedded, no download), a name under --data_root (selfie2anime, horse2zebra, ...), "
