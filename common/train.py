@@ -9,8 +9,8 @@ A model is any object with
     translate(x, direction)    -> (image, attention map or None), direction "A2B" or "B2A"
 and optionally
     pools        dict name -> ImagePool (common.blocks), saved with the checkpoint
-    visuals(x, direction)      -> list of N×C×H×W tiles in [-1, 1] (C = 3 or 1) for samples and the test phase,
-                                  instead of input | attention over the input | output
+    visuals(x, direction)      -> list of N×C×H×W tiles in [-1, 1] (C = 3 or 1), the last the translation, for
+                                  samples and the test phase instead of input | attention over the input | output
 The harness sets `model.progress`, the fraction of --iteration done, before each train_step: the papers' schedules
 in epochs ("switch at epoch 30 of 100") follow it, and so scale with the length of the run.
 
@@ -130,8 +130,9 @@ def parse_args(parser, argv, preset):
         raise UsageError(f"--img_size {args.img_size}: use a multiple of 4 (the generators halve it twice and double "
                          f"it back)")
     for flag in ("iteration", "epochs", "batch_size", "print_freq", "save_freq", "log_freq"):
-        if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < 1:
-            raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least 1")
+        value = getattr(args, flag, None)  # --iteration may come from --epochs later; ugatit has no --epochs
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} {value}: must be at least 1")
     return args
 
 
@@ -262,11 +263,12 @@ class Run:
 
 def panels(model, x, direction):
     """The tiles shown for a batch x: the model's own `visuals`, or input | attention over the input | output.
-    Returns the translation too."""
+    Returns the translation too (the last tile)."""
     with torch.no_grad():
-        y, att = model.translate(x, direction)
         if hasattr(model, "visuals"):
-            return model.visuals(x, direction), y
+            tiles = model.visuals(x, direction)
+            return tiles, tiles[-1]
+        y, att = model.translate(x, direction)
     return [x, torch.stack([overlay(x[i], att[i]) for i in range(len(x))]) if att is not None else x, y], y
 
 
