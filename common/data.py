@@ -1,8 +1,15 @@
-"""Unpaired image data: folders in the U-GAT-IT / CycleGAN layout, the preprocessing, and resumable sampling.
+"""Image data: folders in the U-GAT-IT / CycleGAN layout, paired folders, the embedded data sets, the
+preprocessing, and resumable sampling.
 
 A data set is a folder `<root>/<name>/` with four sub-folders `trainA`, `trainB`, `testA`, `testB`, each holding the
 images of one domain (A or B) for one phase. Every image format PIL reads is accepted; whatever its mode, an image is
-turned into 8-bit RGB before the transform.
+turned into 8-bit RGB before the transform. Images in class sub-folders (`trainB/0/`, `trainB/1/`, ..., as
+torchvision's ImageFolder) carry those classes as labels (DA-GAN's regulariser uses them).
+
+Paired data (supervised GuideGAN, pix2pix) is read from either layout: pix2pix's, `<name>/train/` and `<name>/test/`
+(or `val/`) of side-by-side images, A on the left half and B on the right (facades, cityscapes, maps as the pix2pix
+authors distribute them); or the four folders above, where trainA/x.png pairs with trainB/x.png (same path and name,
+any extension).
 
 The transform is the one of the authors' PyTorch code: random horizontal flip, resize to (S + 30) x (S + 30), random
 S x S crop for training; a plain resize to S x S for testing; then [0, 255] -> [-1, 1].
@@ -190,6 +197,53 @@ class FolderDomain(Dataset):
     def name(self, i: int) -> str:
         return self.files[i].stem
 
+    def label(self, i: int) -> int | None:
+        """The class of image i: the index of its first-level sub-folder among the sorted sub-folder names, or None
+        where the images are not all in sub-folders."""
+        if not hasattr(self, "_classes"):
+            parents = [p.relative_to(self.path).parts[:-1] for p in self.files] if self.path.is_dir() else [()]
+            self._classes = sorted({p[0] for p in parents}) if all(parents) else None
+        if self._classes is None:
+            return None
+        return self._classes.index(self.files[i].relative_to(self.path).parts[0])
+
+
+class HalfDomain(FolderDomain):
+    """One half of side-by-side paired images (pix2pix's layout): A is the left half, B the right."""
+
+    def __init__(self, path: str | Path, img_size: int, train: bool, side: str):
+        super().__init__(path, img_size, train)
+        self.side = side
+
+    def _open(self, i: int) -> Image.Image:
+        img = super()._open(i)
+        half = img.width // 2
+        return img.crop((0, 0, half, img.height) if self.side == "A" else (half, 0, 2 * half, img.height))
+
+    def label(self, i: int) -> None:
+        return None
+
+
+def _keep(domain: FolderDomain, stems: list[str]) -> FolderDomain:
+    """`domain` restricted to the files whose path without extension is in `stems`, in that order."""
+    by_stem = {p.relative_to(domain.path).with_suffix("").as_posix(): p for p in domain.files}
+    domain.files = [by_stem[s] for s in stems]
+    return domain
+
+
+def _match_names(A: FolderDomain, B: FolderDomain) -> tuple[FolderDomain, FolderDomain]:
+    """Pairs trainA/x.* with trainB/x.*: both domains keep only the common names, in one order."""
+    stems = [{p.relative_to(d.path).with_suffix("").as_posix() for p in d.files} for d in (A, B)]
+    common = sorted(stems[0] & stems[1])
+    if not common:
+        raise DataError(f"no file name in {A.path} has a namesake in {B.path}: paired data needs trainA/x.png to pair "
+                        f"with trainB/x.png (or side-by-side A|B images in train/ and test/)")
+    unmatched = len(stems[0] | stems[1]) - len(common)
+    if unmatched:
+        warnings.warn(f"{unmatched} image(s) in {A.path} or {B.path} have no namesake in the other folder: skipped",
+                      stacklevel=3)
+    return _keep(A, common), _keep(B, common)
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Data sets: the four domains
@@ -224,13 +278,51 @@ def _dataset_folder(dataset: str, root: Path) -> Path:
     return folder
 
 
-def load_unpaired(dataset: str, img_size: int, root: str | Path = "dataset", seed: int = 0) -> dict[str, Dataset]:
-    """{'trainA', 'trainB', 'testA', 'testB'} -> domain; a missing test folder gives None (only testing needs it)."""
+def _embedded(dataset: str):
+    """The class of an embedded data set's domains, and whether its A and B images come in pairs. Imported here:
+    only the data set in use needs its generator's code."""
     if dataset == "shapes":
-        from common.shapes import ShapesDomain  # imported here: only this data set needs the generator's code
+        from common.shapes import ShapesDomain
+        return ShapesDomain, False
+    if dataset == "shapes_paired":
+        from common.shapes_paired import PairedShapesDomain
+        return PairedShapesDomain, True
+    from common.digits import DigitsDomain
+    return DigitsDomain, False
 
-        return {f"{split}{d}": ShapesDomain(d, split, img_size, seed=seed) for split in ("train", "test") for d in "AB"}
-    folder = _dataset_folder(dataset, Path(root))
+
+EMBEDDED = ("shapes", "shapes_paired", "digits")
+
+
+def load_data(dataset: str, img_size: int, root: str | Path = "dataset", seed: int = 0,
+              paired: bool = False) -> dict[str, Dataset]:
+    """{'trainA', 'trainB', 'testA', 'testB'} -> domain; a missing test folder gives None (only testing needs it).
+    With `paired`, trainA[i] and trainB[i] (and testA[i], testB[i]) show the same scene."""
+    if dataset in EMBEDDED:
+        domain, is_paired = _embedded(dataset)
+        if paired and not is_paired:
+            raise DataError(f"{dataset} is unpaired: this mode needs paired data (shapes_paired, or a folder of "
+                            f"side-by-side A|B images in train/ and test/, or trainA/trainB with matching names)")
+        return {f"{split}{d}": domain(d, split, img_size, seed=seed) for split in ("train", "test") for d in "AB"}
+    if paired:
+        return _load_paired(dataset, img_size, Path(root))
+    return _load_folders(_dataset_folder(dataset, Path(root)), img_size)
+
+
+def _load_paired(dataset: str, img_size: int, root: Path) -> dict[str, Dataset]:
+    side_by_side = next((p for p in (root / dataset, Path(dataset)) if (p / "train").is_dir()), None)
+    if side_by_side is not None:
+        test = next((side_by_side / s for s in ("test", "val") if (side_by_side / s).is_dir()), None)
+        return {f"{split}{d}": HalfDomain(folder, img_size, split == "train", d) if folder else None
+                for split, folder in (("train", side_by_side / "train"), ("test", test)) for d in "AB"}
+    data = _load_folders(_dataset_folder(dataset, root), img_size)
+    for split in ("train", "test"):
+        if data[f"{split}A"] is not None and data[f"{split}B"] is not None:
+            data[f"{split}A"], data[f"{split}B"] = _match_names(data[f"{split}A"], data[f"{split}B"])
+    return data
+
+
+def _load_folders(folder: Path, img_size: int) -> dict[str, Dataset]:
     return {
         s: FolderDomain(folder / s, img_size, train=s.startswith("train")) if (folder / s).is_dir() else None
         for s in SPLITS
@@ -288,13 +380,17 @@ class UnpairedSteps(Dataset):
 
     Each domain is walked in a fresh random order every epoch of its own length, so A and B are paired differently
     every time, and nothing depends on what was drawn before k: resuming or changing the number of workers changes
-    no batch.
+    no batch. With `paired`, b is the image of a's index with a's flip and crop (trainA[i] and trainB[i] are one
+    scene). With `info`, a sample is (a, b, info): the two images' indices and labels (-1 for none), for models
+    that keep per-image state (GuideGAN's attention cache) or learn from labels (DA-GAN).
     """
 
-    def __init__(self, A, B, seed: int = 0):
+    def __init__(self, A, B, seed: int = 0, paired: bool = False, info: bool = False):
         self.A = A
         self.B = B
         self.seed = seed
+        self.paired = paired
+        self.info = info
 
     def __len__(self) -> int:
         return 2**62  # unbounded in practice: the sampler's range picks the steps
@@ -304,11 +400,21 @@ class UnpairedSteps(Dataset):
         epoch, j = divmod(k, len(domain))
         return int(torch.randperm(len(domain), generator=_generator(self.seed, stream, epoch))[j])
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int):
         k = int(k)
         if not 0 <= k < len(self):
             raise IndexError(k)
+        i = self._index(self.A, 0, k)
+        j = i if self.paired else self._index(self.B, 1, k)
         augment = _generator(self.seed, 2, k)
-        a = self.A.get(self._index(self.A, 0, k), generator=augment)
-        b = self.B.get(self._index(self.B, 1, k), generator=augment)
-        return a, b
+        a = self.A.get(i, generator=augment)
+        # Paired: a fresh generator in the state a's started from, so b gets a's flip and crop.
+        b = self.B.get(j, generator=_generator(self.seed, 2, k) if self.paired else augment)
+        if not self.info:
+            return a, b
+        return a, b, {"index_A": i, "index_B": j, "label_A": _label(self.A, i), "label_B": _label(self.B, j)}
+
+
+def _label(domain, i: int) -> int:
+    label = domain.label(i) if hasattr(domain, "label") else None
+    return -1 if label is None else label

@@ -167,8 +167,8 @@ def _direction_sums(translate, dataset: ShapesDomain, direction: str, device, ba
 
 
 def shapes_report(translate, testA: ShapesDomain, testB: ShapesDomain, device, batch_size: int = 16,
-                  limit: int | None = None) -> dict[str, float]:
-    """Mean bg_psnr, target and iou of both directions over the first ``limit`` test images.
+                  limit: int | None = None, directions=("A2B", "B2A")) -> dict[str, float]:
+    """Mean bg_psnr, target and iou of each direction over the first ``limit`` test images.
 
     ``translate(x, direction)`` gets a batch on ``device`` and "A2B" or "B2A" and returns the
     translated batch and an attention map (N x 1 x h x w, any scale and resolution) or None.
@@ -176,6 +176,8 @@ def shapes_report(translate, testA: ShapesDomain, testB: ShapesDomain, device, b
     report = {}
     with torch.no_grad():
         for direction, dataset in (("A2B", testA), ("B2A", testB)):
+            if direction not in directions:
+                continue
             count = len(dataset) if limit is None else min(limit, len(dataset))
             sums = _direction_sums(translate, dataset, direction, device, batch_size, count)
             report.update({f"{direction}/{key}": total / count for key, total in sums.items()})

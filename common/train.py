@@ -8,9 +8,14 @@ A model is any object with
     train_step(real_A, real_B) -> dict of scalar loss tensors (one iteration: every update of the paper)
     translate(x, direction)    -> (image, attention map or None), direction "A2B" or "B2A"
 and optionally
-    pools        dict name -> ImagePool (common.blocks), saved with the checkpoint
+    pools        dict name -> ImagePool (common.blocks), or any training state with state_dict/load_state_dict,
+                 saved with the checkpoint
     visuals(x, direction)      -> list of N×C×H×W tiles in [-1, 1] (C = 3 or 1), the last the translation, for
                                   samples and the test phase instead of input | attention over the input | output
+    directions   the directions it translates, if not both ("A2B",): DA-GAN learns one mapping
+    paired       True: train on paired data, trainA[i] with trainB[i] (supervised GuideGAN)
+    batch_info   True: train_step(real_A, real_B, info), info holding each image's index and label (-1 for none)
+                 as tensors "index_A", "index_B", "label_A", "label_B"
 The harness sets `model.progress`, the fraction of --iteration done, before each train_step: the papers' schedules
 in epochs ("switch at epoch 30 of 100") follow it, and so scale with the length of the run.
 
@@ -32,7 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.data import DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_unpaired
+from common.data import EMBEDDED, DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_data
 from common.images import grid, overlay
 
 
@@ -71,8 +76,9 @@ def build_parser(name, description, defaults):
         add_default(p, defaults, flag, type, help)
 
     p.add_argument("--dataset", "--data", default=None,
-                   help="'shapes' (embedded, no download), a name under --data_root (selfie2anime, horse2zebra, ...), "
-                        "or a folder holding trainA/ trainB/ testA/ testB/ (default: shapes with a small CPU preset)")
+                   help="'shapes', 'shapes_paired' or 'digits' (embedded, no download), a name under --data_root "
+                        "(selfie2anime, horse2zebra, ...), or a folder holding trainA/ trainB/ testA/ testB/ "
+                        "(default: the script's embedded data with a small CPU preset)")
     p.add_argument("--data_root", default="dataset", help="where named data sets live, as in the authors' code "
                                                            "(default dataset/)")
     add_bool(p, "--download", False, "download a CycleGAN data set (horse2zebra, apple2orange, ...) if missing")
@@ -82,12 +88,15 @@ def build_parser(name, description, defaults):
         arg("--epochs", int, "training epochs (one epoch: the larger training set once), when --iteration is not "
                              "given")
     arg("--iteration", int, "training iterations")
+    if "decay_epoch" in defaults:
+        arg("--decay_epoch", int, "epoch from which the learning rate decays linearly to 0 (as a fraction of --epochs, "
+                                  "so it scales with --iteration)")
     arg("--batch_size", int, "images per domain per iteration")
     arg("--print_freq", int, "write a sample grid every N iterations")
     arg("--save_freq", int, "write a checkpoint every N iterations (and on Ctrl-C)")
     p.add_argument("--log_freq", type=int, default=10, help="write a log.jsonl line every N iterations (default 10)")
     add_bool(p, "--decay_flag", defaults["decay_flag"][0],
-             f"decay the learning rate linearly to 0 over the second half ({defaults['decay_flag'][1]})")
+             f"decay the learning rate linearly to 0 at the end ({defaults['decay_flag'][1]})")
     arg("--lr", float, "Adam learning rate")
     arg("--weight_decay", float, "Adam weight decay")
     arg("--img_size", int, "training crop size S (images are resized to S+30 first)")
@@ -114,13 +123,14 @@ def given(argv, parser, dest):
 
 
 def parse_args(parser, argv, preset):
-    """With no --dataset: the embedded `shapes` data and `preset` for every flag the user did not type."""
+    """With no --dataset: the preset's embedded data (`shapes` unless it names another) and `preset` for every flag
+    the user did not type."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.dataset is None:
-        args.dataset = "shapes"
+        args.dataset = preset.get("dataset", "shapes")
         for dest, value in preset.items():
-            if not given(argv, parser, dest):
+            if dest != "dataset" and not given(argv, parser, dest):
                 setattr(args, dest, value)
     if args.input is not None and args.phase != "test":
         raise UsageError("--input translates images with a trained model: use it with --phase test")
@@ -160,14 +170,15 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def lr_factor(iteration, decay):
-    """Constant for the first half, then linear to 0 at the last iteration (U-GAT-IT §B.2; CycleGAN likewise)."""
-    half = iteration // 2
+def lr_factor(iteration, decay, start=0.5):
+    """Constant until the fraction `start` of the run, then linear to 0 at the last iteration (U-GAT-IT §B.2 and
+    CycleGAN: half; GuideGAN: 100 of 150 epochs)."""
+    first = int(iteration * start)
 
     def factor(step):
-        if not decay or step < half:
+        if not decay or step < first:
             return 1.0
-        return max(0.0, (iteration - step) / max(1, iteration - half))
+        return max(0.0, (iteration - step) / max(1, iteration - first))
     return factor
 
 
@@ -272,15 +283,23 @@ def panels(model, x, direction):
     return [x, torch.stack([overlay(x[i], att[i]) for i in range(len(x))]) if att is not None else x, y], y
 
 
+def directions(model):
+    return getattr(model, "directions", ("A2B", "B2A"))
+
+
 def sample_grid(model, A, B, device, n=4):
-    """A row per image, n of each domain: its panels, then the translation translated back."""
+    """A row per image, n of each domain it translates: its panels, then (for a model that translates both ways)
+    the translation translated back."""
     rows = []
     for domain, direction, back in ((A, "A2B", "B2A"), (B, "B2A", "A2B")):
+        if direction not in directions(model):
+            continue
         x = torch.stack([domain.get(i) for i in range(min(n, len(domain)))]).to(device)
         tiles, y = panels(model, x, direction)
-        with torch.no_grad():
-            x_back, _ = model.translate(y, back)
-        rows += [[t[i] for t in tiles] + [x_back[i]] for i in range(len(x))]
+        if back in directions(model):
+            with torch.no_grad():
+                tiles = tiles + [model.translate(y, back)[0]]
+        rows += [[t[i] for t in tiles] for i in range(len(x))]
     return grid(rows)
 
 
@@ -305,7 +324,8 @@ class StopFlag:
 
 
 def train(model, args, data, run, device):
-    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_factor(args.iteration, args.decay_flag))
+    start = args.decay_epoch / args.epochs if hasattr(args, "decay_epoch") else 0.5
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_factor(args.iteration, args.decay_flag, start))
                   for k, o in model.optimizers.items()}
     start = 0
     if args.resume and run.checkpoint.exists():
@@ -330,7 +350,9 @@ def train(model, args, data, run, device):
         print(f"already at iteration {start} of --iteration {args.iteration}: nothing to train")
         return
 
-    steps = UnpairedSteps(data["trainA"], data["trainB"], seed=args.seed)
+    with_info = getattr(model, "batch_info", False)
+    steps = UnpairedSteps(data["trainA"], data["trainB"], seed=args.seed, paired=getattr(model, "paired", False),
+                          info=with_info)
     workers = min(4, (os.cpu_count() or 1) // 2) if device.type == "cuda" else 0
     loader = torch.utils.data.DataLoader(steps, batch_size=args.batch_size, num_workers=workers,
                                          sampler=range(start * args.batch_size, args.iteration * args.batch_size),
@@ -341,9 +363,11 @@ def train(model, args, data, run, device):
     step, t0 = start, time.time()
     bar = tqdm(total=args.iteration, initial=start, dynamic_ncols=True, desc=run.root.parent.name)
     with StopFlag() as stop:
-        for real_A, real_B in loader:
+        for batch in loader:
             model.progress = step / args.iteration
-            losses = model.train_step(real_A.to(device, non_blocking=True), real_B.to(device, non_blocking=True))
+            images = [x.to(device, non_blocking=True) for x in batch[:2]]
+            losses = model.train_step(*images, {k: v.to(device) for k, v in batch[2].items()}) if with_info \
+                else model.train_step(*images)
             values = {k: v.item() for k, v in losses.items()}
             if not all(math.isfinite(v) for v in values.values()):
                 bar.close()
@@ -370,15 +394,22 @@ def train(model, args, data, run, device):
                 return
     bar.close()
     print(f"done: {step} iterations in {time.time() - t0:.0f} s; checkpoint {run.checkpoint}, samples {run.samples}")
+    if args.dataset in EMBEDDED:
+        evaluate(model, args, data, run, step, device)
+
+
+def evaluate(model, args, data, run, step, device):
+    """The embedded data set's own measures (common.metrics, common.shapes_paired, common.digits). Networks that
+    score images (a segmenter, a classifier) are trained once and kept in <result_dir>/scorers/."""
     if args.dataset == "shapes":
-        evaluate(model, data, run, step, device)
-
-
-def evaluate(model, data, run, step, device):
-    from common.metrics import shapes_report
-    report = shapes_report(model.translate, data["testA"], data["testB"], device)
+        from common.metrics import shapes_report
+        report = shapes_report(model.translate, data["testA"], data["testB"], device, directions=directions(model))
+    else:
+        from importlib import import_module
+        report = import_module(f"common.{args.dataset}").report(
+            model.translate, data, device, Path(args.result_dir) / "scorers", directions=directions(model))
     run.write_log({"step": step, "eval": report})
-    print("shapes evaluation (test sets): " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+    print(f"{args.dataset} evaluation (test sets): " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
     return report
 
 
@@ -410,10 +441,11 @@ def test(model, args, data, run, device):
         return
     if data["testA"] is None or data["testB"] is None:
         raise UsageError(f"{args.dataset}: no testA/ and testB/ folders to translate (or use --input PATH)")
-    translate_all(model, data["testA"], "A2B", run.test / "A2B", device)
-    translate_all(model, data["testB"], "B2A", run.test / "B2A", device)
-    if args.dataset == "shapes":
-        report = evaluate(model, data, run, step, device)
+    for direction, domain in (("A2B", data["testA"]), ("B2A", data["testB"])):
+        if direction in directions(model):
+            translate_all(model, domain, direction, run.test / direction, device)
+    if args.dataset in EMBEDDED:
+        report = evaluate(model, args, data, run, step, device)
         (run.test / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
@@ -433,14 +465,14 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
               + f"  [device {device}]")
         if args.download:
             download_cyclegan(args.dataset, args.data_root)
-        data = None if args.input else load_unpaired(args.dataset, args.img_size, root=args.data_root,
-                                                     seed=args.seed)
+        seed_everything(args.seed)
+        model = make_model(args, device)
+        data = None if args.input else load_data(args.dataset, args.img_size, root=args.data_root, seed=args.seed,
+                                                 paired=getattr(model, "paired", False))
         if args.iteration is None and data is not None:
             largest = max(len(data["trainA"]), len(data["trainB"]))
             args.iteration = math.ceil(args.epochs * largest / args.batch_size)
             print(f"--epochs {args.epochs} of {largest} images, batch {args.batch_size}: --iteration {args.iteration}")
-        seed_everything(args.seed)
-        model = make_model(args, device)
         run = Run(args, name)
         (train if args.phase == "train" else test)(model, args, data, run, device)
     except (UsageError, DataError) as e:

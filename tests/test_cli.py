@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+import ugatit
+from common.train import build_parser, lr_factor, parse_args
 from conftest import ROOT
 
 TINY = ["--img_size", "32", "--ch", "4", "--n_res", "1", "--n_dis", "4", "--light", "--log_freq", "1"]
@@ -148,3 +150,18 @@ def test_resume_drops_a_log_line_cut_short_by_a_crash(tmp_path):
         f.write('{"step": 3, "D": 1.')  # what a kill in the middle of a write leaves
     run(tmp_path, *TINY, "--iteration", "4", "--resume")
     assert [r["step"] for r in losses(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_lr_decay_starts_at_the_given_fraction():
+    half, late = lr_factor(150, True), lr_factor(150, True, start=100 / 150)
+    assert [half(s) for s in (74, 75, 150)] == [1.0, 1.0, 0.0] and half(76) < 1
+    assert late(99) == 1.0 and late(100) == 1.0 and late(125) == 0.5 and late(150) == 0.0
+    assert lr_factor(150, False, start=0.1)(149) == 1.0
+
+
+def test_preset_may_name_the_embedded_data():
+    parser = build_parser("ugatit", "", ugatit.DEFAULTS)
+    ugatit.add_arguments(parser)
+    args = parse_args(parser, ["--iteration", "3"], {"dataset": "digits", "iteration": 7, "img_size": 32})
+    assert (args.dataset, args.iteration, args.img_size) == ("digits", 3, 32)
+    assert parse_args(parser, [], {"iteration": 7}).dataset == "shapes"

@@ -19,7 +19,7 @@ from common.data import (
     FolderDomain,
     UnpairedSteps,
     download_cyclegan,
-    load_unpaired,
+    load_data,
     to_rgb,
     transform,
 )
@@ -49,7 +49,7 @@ def pixel(img, xy=(0, 0)):
 
 def test_layout_found_via_root_and_via_direct_path(tmp_path):
     make_dataset(tmp_path / "data" / "toy", n=3)
-    for domains in (load_unpaired("toy", S, root=tmp_path / "data"), load_unpaired(str(tmp_path / "data" / "toy"), S)):
+    for domains in (load_data("toy", S, root=tmp_path / "data"), load_data(str(tmp_path / "data" / "toy"), S)):
         assert set(domains) == {"trainA", "trainB", "testA", "testB"}
         assert all(len(d) == 3 for d in domains.values())
         assert domains["trainA"].train and not domains["testA"].train
@@ -58,24 +58,24 @@ def test_layout_found_via_root_and_via_direct_path(tmp_path):
 
 def test_missing_test_folders_give_none_but_missing_train_is_an_error(tmp_path):
     make_dataset(tmp_path / "toy", splits=("trainA", "trainB"))
-    domains = load_unpaired("toy", S, root=tmp_path)
+    domains = load_data("toy", S, root=tmp_path)
     assert domains["testA"] is None and domains["testB"] is None
     make_dataset(tmp_path / "half", splits=("trainA", "testA", "testB"))
     with pytest.raises(DataError, match="trainB"):
-        load_unpaired("half", S, root=tmp_path)
+        load_data("half", S, root=tmp_path)
 
 
 def test_missing_dataset_message_says_what_to_do(tmp_path):
     with pytest.raises(DataError) as err:
-        load_unpaired("selfie2anime", S, root=tmp_path)
+        load_data("selfie2anime", S, root=tmp_path)
     msg = str(err.value)
     assert "\n" not in msg and str(tmp_path / "selfie2anime") in msg
     assert all(split in msg for split in ("trainA", "trainB", "testA", "testB"))
     assert "https://github.com/taki0112/UGATIT" in msg
     with pytest.raises(DataError, match="https://efrosgans.eecs.berkeley.edu/cyclegan/datasets/horse2zebra.zip"):
-        load_unpaired("horse2zebra", S, root=tmp_path)
+        load_data("horse2zebra", S, root=tmp_path)
     with pytest.raises(DataError, match="trainA") as err:
-        load_unpaired("my_own_pairs", S, root=tmp_path)
+        load_data("my_own_pairs", S, root=tmp_path)
     assert "http" not in str(err.value)
 
 
@@ -84,7 +84,7 @@ def test_shapes_branch_uses_shapes_domain():
         pytest.skip("common/shapes.py is not written yet")
     from common.shapes import ShapesDomain
 
-    domains = load_unpaired("shapes", S, seed=3)
+    domains = load_data("shapes", S, seed=3)
     assert set(domains) == {"trainA", "trainB", "testA", "testB"}
     assert all(isinstance(d, ShapesDomain) and len(d) > 0 for d in domains.values())
 
@@ -290,7 +290,7 @@ class Indices:
 
 def test_same_k_same_pair(tmp_path):
     make_dataset(tmp_path / "toy", n=3, splits=("trainA", "trainB"))
-    domains = load_unpaired("toy", S, root=tmp_path)
+    domains = load_data("toy", S, root=tmp_path)
     steps = UnpairedSteps(domains["trainA"], domains["trainB"], seed=7)
     for k in (0, 4, 11):
         a1, b1 = steps[k]
@@ -325,6 +325,76 @@ def test_resume_gives_the_tail_of_the_uninterrupted_run():
     resumed = batches(start, workers=2)
     assert len(resumed) == total - start
     assert all(torch.equal(x, y) for x, y in zip(full[start:], resumed))
+
+
+# --- paired data and labels -------------------------------------------------------------------------------------------
+
+
+def side_by_side(folder, n, w=20, h=10):
+    """n images whose left half is red with a number in its green, the right half blue with the same number."""
+    folder.mkdir(parents=True)
+    for i in range(n):
+        img = np.zeros((h, 2 * w, 3), np.uint8)
+        img[:, :w, 0], img[:, :w, 1] = 255, 10 * i
+        img[:, w:, 2], img[:, w:, 1] = 255, 10 * i
+        Image.fromarray(img).save(folder / f"{i}.png")
+
+
+def test_paired_side_by_side_halves_are_a_and_b(tmp_path):
+    side_by_side(tmp_path / "facades/train", 3)
+    side_by_side(tmp_path / "facades/val", 2)
+    data = load_data("facades", S, root=tmp_path, paired=True)
+    assert len(data["trainA"]) == 3 and len(data["testB"]) == 2 and not data["testA"].train
+    a, b = data["trainA"].get(1), data["trainB"].get(1)
+    assert a[0].min() > 0.9 and a[2].max() < -0.9 and b[2].min() > 0.9 and b[0].max() < -0.9
+    assert torch.allclose(a[1], b[1])  # the same pair: the same number in green
+
+
+def test_paired_folders_match_names_and_warn_about_the_rest(tmp_path):
+    for split, names in (("trainA", ["x", "y", "only_a"]), ("trainB", ["y", "x", "only_b"])):
+        (tmp_path / "p" / split).mkdir(parents=True)
+        for name in names:
+            noise_image(seed=ord(name[0])).save(tmp_path / "p" / split / f"{name}.{'png' if 'A' in split else 'jpg'}")
+    with pytest.warns(UserWarning, match="2 image"):
+        data = load_data("p", S, root=tmp_path, paired=True)
+    assert [data[s].name(i) for s in ("trainA", "trainB") for i in range(2)] == ["x", "y", "x", "y"]
+    (tmp_path / "q/trainA").mkdir(parents=True)
+    (tmp_path / "q/trainB").mkdir(parents=True)
+    noise_image().save(tmp_path / "q/trainA/a.png")
+    noise_image().save(tmp_path / "q/trainB/b.png")
+    with pytest.raises(DataError, match="namesake"):
+        load_data("q", S, root=tmp_path, paired=True)
+
+
+def test_embedded_unpaired_data_refuses_a_paired_mode():
+    with pytest.raises(DataError, match="shapes is unpaired"):
+        load_data("shapes", S, paired=True)
+
+
+def test_paired_steps_draw_the_same_index_flip_and_crop(tmp_path):
+    side_by_side(tmp_path / "p/train", 5)
+    data = load_data("p", S, root=tmp_path, paired=True)
+    steps = UnpairedSteps(data["trainA"], data["trainB"], seed=1, paired=True, info=True)
+    for k in range(8):
+        a, b, info = steps[k]
+        assert info["index_A"] == info["index_B"] and info["label_A"] == info["label_B"] == -1
+        assert torch.equal(a[1], b[1])  # same green ramp, same crop
+    unpaired = UnpairedSteps(data["trainA"], data["trainB"], seed=1, info=True)
+    assert any(unpaired[k][2]["index_A"] != unpaired[k][2]["index_B"] for k in range(8))
+
+
+def test_class_sub_folders_are_labels(tmp_path):
+    for cls, n in (("cat", 2), ("dog", 1)):
+        (tmp_path / "l/trainA" / cls).mkdir(parents=True)
+        for i in range(n):
+            noise_image(seed=i).save(tmp_path / "l/trainA" / cls / f"{i}.png")
+    make_dataset(tmp_path / "l", n=2, splits=("trainB",))
+    data = load_data("l", S, root=tmp_path)
+    assert [data["trainA"].label(i) for i in range(3)] == [0, 0, 1]
+    assert data["trainB"].label(0) is None
+    steps = UnpairedSteps(data["trainA"], data["trainB"], seed=0, info=True)
+    labels = {steps[k][2]["label_A"] for k in range(6)}
+    assert labels == {0, 1} and {steps[k][2]["label_B"] for k in range(6)} == {-1}
 
 
 # --- download ---------------------------------------------------------------------------------------------------------
@@ -365,7 +435,7 @@ def test_download_extracts_the_four_folders(tmp_path, server):
     root = tmp_path / "dataset"
     assert download_cyclegan("toy", root=root, base_url=url) == root / "toy"
     assert sorted(p.name for p in root.iterdir()) == ["toy"]  # no temporary file left
-    assert all(len(d) == 1 for d in load_unpaired("toy", S, root=root).values())
+    assert all(len(d) == 1 for d in load_data("toy", S, root=root).values())
     (served / "toy.zip").unlink()  # a second call must not download again
     assert download_cyclegan("toy", root=root, base_url=url) == root / "toy"
 
