@@ -36,12 +36,16 @@ def main(argv=None):
     model = paper.make_model(args, device)
     shape = (args.batch_size, args.img_ch, args.img_size, args.img_size)
     real_A, real_B = torch.rand(shape, device=device) * 2 - 1, torch.rand(shape, device=device) * 2 - 1
+    batch = [real_A, real_B]
+    if getattr(model, "batch_info", False):  # per-image indices (GuideGAN's cache) and labels (DA-GAN)
+        index, label = torch.arange(args.batch_size, device=device), torch.randint(10, (args.batch_size,), device=device)
+        batch.append({"index_A": index, "index_B": index, "label_A": label, "label_B": label})
     times = []
     for i in range(bench.warmup + bench.steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        losses = model.train_step(real_A, real_B)
+        losses = model.train_step(*batch)
         float(sum(losses.values()))
         times.append(time.perf_counter() - t)
     times = times[bench.warmup:]
