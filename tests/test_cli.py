@@ -1,6 +1,5 @@
 """ugatit.py end to end, as a user runs it: train, Ctrl-C, crash, resume, test phase, bad input."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -78,7 +77,7 @@ def test_resume_continues_exactly_after_ctrl_c_and_after_a_kill(tmp_path):
             assert proc.returncode == 0 and f"stopped at iteration {stopped}" in out
         assert not list((work / "runs/ugatit/shapes/checkpoints").glob("*.tmp"))
         p = run(work, *args, "--resume")
-        assert f"resumed from" in p.stdout and f"at iteration {stopped}" in p.stdout
+        assert "resumed from" in p.stdout and f"at iteration {stopped}" in p.stdout
         assert losses(work) == losses(straight)
 
 
