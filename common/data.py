@@ -11,7 +11,8 @@ Paired data (supervised GuideGAN, pix2pix) is read from either layout: pix2pix's
 authors distribute them); or the four folders above, where trainA/x.png pairs with trainB/x.png (same path and name,
 any extension).
 
-The transform is the one of the authors' PyTorch code: random horizontal flip, resize to (S + 30) x (S + 30), random
+The transform is the one of the authors' PyTorch code: random horizontal flip, resize to 286/256 of S (286 x 286 at
+256 px, as the authors' +30; 143 at 128 px, as GuideGAN's appendix; scaled so that small images lose little), random
 S x S crop for training; a plain resize to S x S for testing; then [0, 255] -> [-1, 1].
 
 `UnpairedSteps` draws the (a, b) pairs of a training run as a pure function of (seed, sample index), so that a run
@@ -104,6 +105,11 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(chw)) / 127.5 - 1.0
 
 
+def canvas(img_size: int) -> int:
+    """The side images are resized to before the random crop of img_size: 286 for 256, in proportion elsewhere."""
+    return round(img_size * 286 / 256)
+
+
 def transform(img: Image.Image, img_size: int, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
     """The authors' preprocessing; every random draw comes from `generator` (the global torch RNG if None)."""
     img = to_rgb(img)
@@ -111,7 +117,7 @@ def transform(img: Image.Image, img_size: int, train: bool, generator: torch.Gen
         return _to_tensor(img.resize((img_size, img_size), Image.Resampling.BILINEAR))
     if torch.rand(1, generator=generator).item() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    big = img_size + 30  # resizing first lets images smaller than the crop through
+    big = canvas(img_size)  # resizing first lets images smaller than the crop through
     img = img.resize((big, big), Image.Resampling.BILINEAR)
     top, left = torch.randint(0, big - img_size + 1, (2,), generator=generator).tolist()
     return _to_tensor(img.crop((left, top, left + img_size, top + img_size)))

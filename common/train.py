@@ -99,7 +99,7 @@ def build_parser(name, description, defaults):
              f"decay the learning rate linearly to 0 at the end ({defaults['decay_flag'][1]})")
     arg("--lr", float, "Adam learning rate")
     arg("--weight_decay", float, "Adam weight decay")
-    arg("--img_size", int, "training crop size S (images are resized to S+30 first)")
+    arg("--img_size", int, "training crop size S (images are resized to 286/256 of S first)")
     p.add_argument("--img_ch", type=int, default=3, choices=(3,), help="image channels; RGB only (default 3)")
     p.add_argument("--result_dir", default="runs", help="runs go to <result_dir>/<model>/<dataset>/ (default runs)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "

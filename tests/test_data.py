@@ -18,6 +18,7 @@ from common.data import (
     DataError,
     FolderDomain,
     UnpairedSteps,
+    canvas,
     download_cyclegan,
     load_data,
     to_rgb,
@@ -174,7 +175,7 @@ def test_image_smaller_than_the_crop(tmp_path):
 
 def test_output_is_float32_in_range():
     # An 8-pixel black/white checker survives both resizes with pure black and white pixels.
-    checker = Image.fromarray((np.indices((S + 30, S + 30)) // 8).sum(0).astype(np.uint8) % 2 * 255)
+    checker = Image.fromarray((np.indices((canvas(S), canvas(S))) // 8).sum(0).astype(np.uint8) % 2 * 255)
     for train in (True, False):
         x = transform(checker, S, train, torch.Generator().manual_seed(1))
         assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
@@ -202,16 +203,16 @@ def test_train_transform_follows_the_generator_only():
 def test_flip_happens_for_some_seeds_only():
     img = noise_image(w=12, h=9)
     big = (
-        transform(img, S + 30, train=False),  # resize to (S + 30)^2, the train transform's canvas
-        torch.flip(transform(img, S + 30, train=False), dims=[2]),
+        transform(img, canvas(S), train=False),  # the train transform's canvas
+        torch.flip(transform(img, canvas(S), train=False), dims=[2]),
     )
 
     def flipped(x):
         """Whether x is a crop of the flipped canvas (True) or of the plain one (False)."""
-        for t in range(31):
-            for left in range(31):
-                for is_flipped, canvas in zip((False, True), big):
-                    if (canvas[:, t : t + S, left : left + S] - x).abs().max() < 1e-5:
+        for t in range(canvas(S) - S + 1):
+            for left in range(canvas(S) - S + 1):
+                for is_flipped, resized in zip((False, True), big):
+                    if (resized[:, t : t + S, left : left + S] - x).abs().max() < 1e-5:
                         return is_flipped
         raise AssertionError("output is no crop of the resized image")
 
