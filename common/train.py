@@ -400,14 +400,16 @@ def train(model, args, data, run, device):
 
 def evaluate(model, args, data, run, step, device):
     """The embedded data set's own measures (common.metrics, common.shapes_paired, common.digits). Networks that
-    score images (a segmenter, a classifier) are trained once and kept in <result_dir>/scorers/."""
+    score images (a segmenter, a classifier) are trained once and kept in <result_dir>/scorers/ (or in
+    $ATTNGAN_SCORERS: the tests share one across their runs)."""
     if args.dataset == "shapes":
         from common.metrics import shapes_report
         report = shapes_report(model.translate, data["testA"], data["testB"], device, directions=directions(model))
     else:
         from importlib import import_module
-        report = import_module(f"common.{args.dataset}").report(
-            model.translate, data, device, Path(args.result_dir) / "scorers", directions=directions(model))
+        scorers = Path(os.environ.get("ATTNGAN_SCORERS", Path(args.result_dir) / "scorers"))
+        report = import_module(f"common.{args.dataset}").report(model.translate, data, device, scorers,
+                                                                 directions=directions(model))
     run.write_log({"step": step, "eval": report})
     print(f"{args.dataset} evaluation (test sets): " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
     return report

@@ -1,0 +1,230 @@
+"""The embedded data set ``digits``: SVHN-like (A) and MNIST-like (B) digits with their labels, for DA-GAN's
+domain-adaptation experiment (§4.3: translate SVHN to the MNIST domain, classify with an MNIST classifier).
+
+Both domains draw the ten digits from one set of strokes (``STROKES``: polylines in a unit box, written once per
+digit), each image with its own handwriting: the control points jitter, and the digit is scaled, rotated, sheared,
+shifted and drawn with a random stroke width. The rendering is analytic: a pixel's ink is its distance to the
+nearest stroke segment, against half the stroke width, with a one-pixel ramp for anti-aliasing.
+
+* B, MNIST-like: one white digit, centred and large, on black; grey replicated to RGB.
+* A, SVHN-like: the labelled digit, smaller, in a random colour, over a cluttered background (a two-colour
+  gradient, low-frequency blotches, pixel noise), with parts of neighbouring digits at the left and right edges, as
+  in SVHN's crops of house numbers. The digit's brightness differs from the background's by at least 0.3 (on
+  [0, 1]), dark on light or light on dark at random, so it stays readable.
+
+Every image and label is a pure function of ``(seed, domain, split, index)`` (a numpy SeedSequence), so images are
+identical across processes, and A and B with the same index share nothing (unpaired). Labels are uniform over 0-9.
+``img_size`` changes only the rendering: image 7 at 32 px and at 64 px shows the same digit. Images are rendered on
+first use and kept (5000 training images per domain at 32 px: 60 MB).
+
+The evaluation of §4.3: ``classifier`` trains a small CNN on B's training images and labels only (the labels an
+unsupervised domain adaptation may use), keeps it in a cache folder, and ``report`` gives its accuracy on real B
+(the ceiling), on untranslated A (no adaptation), and on A translated to B.
+"""
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TRAIN_SIZE = 5000
+TEST_SIZE = 500
+
+# Each digit as polylines in a unit box (x right, y down); ellipses are sampled as closed polylines.
+
+
+def _ellipse(cx, cy, rx, ry, start=0.0, end=2 * math.pi, n=16):
+    t = np.linspace(start, end, n)
+    return list(zip(cx + rx * np.cos(t), cy + ry * np.sin(t)))
+
+
+STROKES = {
+    0: [_ellipse(0.5, 0.5, 0.28, 0.4)],
+    1: [[(0.35, 0.25), (0.55, 0.1), (0.55, 0.9)]],
+    2: [[(0.22, 0.3), (0.35, 0.13), (0.6, 0.1), (0.75, 0.28), (0.68, 0.48), (0.25, 0.9), (0.8, 0.9)]],
+    3: [[(0.22, 0.15), (0.72, 0.12), (0.45, 0.45), (0.72, 0.58), (0.7, 0.82), (0.45, 0.92), (0.2, 0.82)]],
+    4: [[(0.65, 0.9), (0.65, 0.1), (0.2, 0.65), (0.82, 0.65)]],
+    5: [[(0.75, 0.1), (0.3, 0.1), (0.27, 0.45), (0.6, 0.42), (0.77, 0.62), (0.65, 0.88), (0.25, 0.88)]],
+    6: [[(0.7, 0.1), (0.4, 0.33), (0.26, 0.65)], _ellipse(0.5, 0.68, 0.24, 0.22)],
+    7: [[(0.2, 0.1), (0.8, 0.1), (0.45, 0.9)]],
+    8: [_ellipse(0.5, 0.29, 0.2, 0.19), _ellipse(0.5, 0.7, 0.25, 0.21)],
+    9: [_ellipse(0.5, 0.32, 0.23, 0.22), [(0.73, 0.32), (0.66, 0.9)]],
+}
+
+_DOMAIN_IDS = {"A": 0, "B": 1}
+_SPLIT_IDS = {"train": 0, "test": 1}
+
+
+def _segments(rng, digit, scale, centre):
+    """The digit's strokes as segments (K×2×2, in units of the image side) after jitter and a random affine map."""
+    angle, shear = rng.uniform(-0.2, 0.2), rng.uniform(-0.3, 0.3)
+    c, s = math.cos(angle), math.sin(angle)
+    matrix = scale * np.array([[c, -s], [s, c]]) @ np.array([[1.0, shear], [0.0, 1.0]])
+    segments = []
+    for line in STROKES[digit]:
+        points = np.array(line) - 0.5 + rng.normal(0.0, 0.025, (len(line), 2))
+        points = points @ matrix.T + centre
+        segments += [points[:-1], points[1:]]
+    pairs = [np.stack([a, b], 1) for a, b in zip(segments[0::2], segments[1::2])]
+    return np.concatenate(pairs)
+
+
+def _ink(segments, width, size):
+    """Coverage in [0, 1] of strokes of the given width (units of the side), one-pixel anti-aliased edges."""
+    u = (np.arange(size) + 0.5) / size
+    p = np.stack(np.meshgrid(u, u, indexing="xy"), -1).reshape(-1, 1, 2)
+    a, b = segments[None, :, 0], segments[None, :, 1]
+    ab = b - a
+    t = np.clip(((p - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
+    distance = np.linalg.norm(p - (a + t[..., None] * ab), axis=-1).min(1)
+    return np.clip((width / 2 - distance) * size + 0.5, 0.0, 1.0).reshape(size, size)
+
+
+def _smooth_noise(rng, size, cells):
+    """Low-frequency noise in [0, 1]: random values on a cells × cells grid, bilinearly upsampled."""
+    grid = torch.from_numpy(rng.random((1, 1, cells, cells)))
+    return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=True)[0, 0].numpy()
+
+
+def _luma(rgb):
+    return float(rgb @ np.array([0.299, 0.587, 0.114]))
+
+
+def _render_B(rng, digit, size):
+    ink = _ink(_segments(rng, digit, rng.uniform(0.7, 0.85), np.array([0.5, 0.5]) + rng.normal(0, 0.02, 2)),
+               rng.uniform(0.08, 0.14), size)
+    return np.repeat(ink[None], 3, 0)
+
+
+def _render_A(rng, digit, size):
+    top, bottom = rng.random(3), rng.random(3)
+    ramp = np.linspace(0.0, 1.0, size)[None, :, None]
+    background = (top[:, None, None] * (1 - ramp) + bottom[:, None, None] * ramp).repeat(size, 2)
+    background = background + 0.35 * (_smooth_noise(rng, size, 4)[None] - 0.5) * rng.random(3)[:, None, None]
+    light = _luma(background.mean((1, 2)))
+    # The digit's brightness is at least 0.3 away from the background's, on whichever side leaves room.
+    target = rng.uniform(0.0, max(0.0, light - 0.3)) if light > 0.5 else rng.uniform(min(1.0, light + 0.3), 1.0)
+    colour = rng.random(3)
+    colour = np.clip(colour + (target - _luma(colour)), 0.0, 1.0)
+    scale, centre = rng.uniform(0.5, 0.7), np.array([0.5, 0.5]) + rng.normal(0, 0.03, 2)
+    width = rng.uniform(0.07, 0.13)
+    ink = _ink(_segments(rng, digit, scale, centre), width, size)
+    for side in (-1, 1):  # the neighbours in the house number, cut off by the crop
+        if rng.random() < 0.7:
+            shift = np.array([side * rng.uniform(0.6, 0.75) * scale * 1.1, rng.normal(0, 0.02)])
+            ink = np.maximum(ink, _ink(_segments(rng, int(rng.integers(10)), scale, centre + shift), width, size))
+    image = background * (1 - ink) + colour[:, None, None] * ink
+    return np.clip(image + rng.normal(0, 0.03, image.shape), 0.0, 1.0)
+
+
+class DigitsDomain(torch.utils.data.Dataset):
+    """One domain ("A" SVHN-like, "B" MNIST-like) of one split of the procedural ``digits`` set."""
+
+    def __init__(self, domain, split, img_size, seed=0):
+        if domain not in _DOMAIN_IDS or split not in _SPLIT_IDS:
+            raise ValueError(f"domain 'A' or 'B' and split 'train' or 'test', got {domain!r}, {split!r}")
+        self.domain, self.split, self.img_size, self.seed = domain, split, img_size, seed
+        self.rendered = {}
+
+    def __len__(self):
+        return TRAIN_SIZE if self.split == "train" else TEST_SIZE
+
+    def _rng(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        sequence = np.random.SeedSequence((self.seed, _DOMAIN_IDS[self.domain], _SPLIT_IDS[self.split], int(i)))
+        return np.random.default_rng(sequence)
+
+    def label(self, i):
+        return int(self._rng(i).integers(10))
+
+    def get(self, i, generator=None):
+        """Image i as float32 3 × S × S in [-1, 1]; ``generator`` is ignored (no augmentation)."""
+        if i not in self.rendered:
+            rng = self._rng(i)
+            digit = int(rng.integers(10))  # the first draw, as in label()
+            render = _render_A if self.domain == "A" else _render_B
+            self.rendered[i] = torch.from_numpy(render(rng, digit, self.img_size) * 2 - 1).float()
+        return self.rendered[i]
+
+    def __getitem__(self, i):
+        return self.get(i)
+
+    def name(self, i):
+        return f"{self.domain}_{self.split}_{i:04d}_{self.label(i)}"
+
+
+# --- §4.3's evaluation ---------------------------------------------------------------------------------------------
+
+class Classifier(nn.Sequential):
+    """A small CNN for the ten digits: three conv blocks, global pooling, a linear layer."""
+
+    def __init__(self):
+        def block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.ReLU(True), nn.MaxPool2d(2)]
+        super().__init__(*block(3, 32), *block(32, 64), *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(128, 10))
+
+
+def _batch(domain, indices):
+    return torch.stack([domain.get(i) for i in indices]), torch.tensor([domain.label(i) for i in indices])
+
+
+def train_classifier(domain, device, steps=800, batch_size=64, seed=0):
+    """The MNIST-like classifier, trained on `domain` (B's training split) from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = Classifier().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(steps):
+        x, y = _batch(domain, torch.randint(len(domain), (batch_size,), generator=generator).tolist())
+        loss = F.cross_entropy(net(x.to(device)), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return net.eval()
+
+
+def classifier(cache_dir, img_size, seed, device, steps=800):
+    """The trained classifier from `cache_dir`, trained and saved there first if it is not there yet (written to a
+    temporary file and renamed, so an interrupted run leaves no half file)."""
+    path = Path(cache_dir) / f"digits_classifier_{img_size}px_seed{seed}_steps{steps}.pt"
+    net = Classifier().to(device)
+    if path.exists():
+        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        return net.eval()
+    net = train_classifier(DigitsDomain("B", "train", img_size, seed), device, steps, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, path)
+    return net
+
+
+def accuracy(net, images_and_labels, device):
+    correct = total = 0
+    for x, y in images_and_labels:
+        correct += (net(x.to(device)).argmax(1).cpu() == y).sum().item()
+        total += len(y)
+    return correct / total
+
+
+def report(translate, data, device, cache_dir, directions=("A2B",), seed=0, steps=800):
+    """§4.3: the MNIST-like classifier's accuracy on real B, on untranslated A, and on A translated to B."""
+    net = classifier(cache_dir, data["testB"].img_size, seed, device, steps)
+
+    def batches(domain, direction=None):
+        for start in range(0, len(domain), 100):
+            x, y = _batch(domain, range(start, min(start + 100, len(domain))))
+            yield (translate(x.to(device), direction)[0] if direction else x), y
+
+    with torch.no_grad():
+        result = {"B/accuracy": accuracy(net, batches(data["testB"]), device),
+                  "A/accuracy": accuracy(net, batches(data["testA"]), device)}
+        if "A2B" in directions:
+            result["A2B/accuracy"] = accuracy(net, batches(data["testA"], "A2B"), device)
+    return result

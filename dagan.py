@@ -1,0 +1,312 @@
+"""DA-GAN: Instance-level Image Translation by Deep Attention Generative Adversarial Networks. Shuang Ma,
+Jianlong Fu, Chang Wen Chen, Tao Mei. CVPR 2018, arXiv:1802.06454.
+
+The idea. A set-level GAN makes F(s) look like the target set, but nothing ties the parts of s to the parts of F(s).
+DA-GAN first encodes an image as a few attended instances: an encoder E reads X, a localisation head f_loc places N
+boxes on it, a soft, differentiable box mask cuts each region R_i = X ∘ M_i out, and E encodes each region again;
+these instance features, side by side, are the Deep Attention Encoder's code DAE(X). The generator G decodes that
+code, F = G ∘ DAE. The constraints then act on instances, in the DAE's latent space: F(s) must encode like s
+(consistency), F(t) must encode like t (symmetry: F maps T onto itself), and two discriminators judge F(s) and F(t)
+against t. A classifier on DAE(X), trained with the images' labels, makes the boxes land on what the label is
+about (the geometric regulariser), and gives the distance d in which the latent codes are compared.
+
+Map of the paper to this file:
+    Eq. (1)  f_loc(E(X)) = centres (x_i, y_i)                    DAE.f_loc
+    Eq. (2)  box edges from the centre and half-sizes (w, h)     DAE.forward, --box_size
+    Eq. (3)  Inst_i = E(R_i), concatenated along channels       DAE.forward
+    Eq. (4)  M_i = soft box, σ with steepness k                 kernels/boxmask.py (box_crop, box_masks), --k
+    §3.1     geometric regulariser E[d(Y, DAE(X))]               DAGAN.train_step ("cls"), Classifier
+    Eq. (5)  L_cst = d(DAE(s), DAE(F(s)))                        DAGAN.train_step, --alpha
+    Eq. (6)  L_sym = d(DAE(t), DAE(F(t)))                        DAGAN.train_step, --beta
+    Eq. (7)  L_GAN^s: D1 on t against F(s)                        DAGAN.train_step
+    Eq. (8)  L_GAN^t: D2 on t against F(t)                        DAGAN.train_step, --D2
+    Eq. (9)  the full objective (its L_sys is Eq. 6's L_sym)     DAGAN.train_step
+    Eq. (10) F = DAE ∘ G minimises, D1 and D2 maximise           DAGAN.train_step: F first, then D1, D2
+    §3.4     G (residual blocks, nearest up-sampling + 3×3 conv, BN, ReLU), D (down-sampling blocks, one FC unit)
+    Table 1(a) ablations                                         --dae, --cst, --sym, --D2
+    Table 4  MNIST & SVHN: 10 labels, 1 box, d = "ResBlock"      --n_boxes 1, Classifier
+
+Domains: A is S (the source: SVHN-like digits in the embedded `digits` data), B is T (the target: MNIST-like). The
+paper learns one mapping, S -> T, so this script translates A2B only.
+
+Where the paper is silent, our choices (each a flag where it is a number):
+- Units and k. Centres live in the normalised coordinates of kernels/boxmask.py (the image spans [-1, 1]), so k is
+  per unit and means the same edge at every size: k = 20 makes an edge rise from 12% to 88% over 4/k = 0.2 units, a
+  tenth of the side (3.2 px at 32 px), wide enough that several pixels pass gradient to the centre. RA-CNN's k = 10
+  is per pixel, which at 32 px is an edge of 0.4 px: almost no gradient.
+- Box size. Eq. (2) writes w and h as "half of the width and half of the height of X"; we read them as the box's
+  half-width and half-height, fixed (f_loc predicts centres only, Eq. 1), at --box_size 0.5 of the side.
+- f_loc: conv, global average pool, linear, tanh; its last layer starts at zero, so every box starts centred.
+- Widths: E has ch, 2ch, 4ch channels (S -> S/4); G starts with a 3×3 conv from the N concatenated instances to
+  4ch, then --n_res residual blocks, two up-sampling blocks and a 3×3 conv to RGB with tanh; D has three 4×4
+  stride-2 blocks and one fully connected unit.
+- d (Table 4: "ResBlock", a classifier of 9 residual blocks trained jointly from scratch): Classifier reads DAE(X)
+  and predicts the label. The regulariser is its cross-entropy; L_cst and L_sym compare the classifier's pooled
+  features, d(u, v) = mean |φ(u) − φ(v)| (§3.2: "the distance of learned features by ... other networks"). The
+  classifier itself learns only from the labels: were it trained on L_cst and L_sym, it could make φ constant.
+- Labels: by default only T's (MNIST-like): the unsupervised domain-adaptation setting of §4.3, in which S's labels
+  are unknown. --source_labels True also uses S's labels (Table 4 lists 10 labels for "MNIST & SVHN" without saying
+  whose). Unlabelled images (folders without class sub-folders) have no regulariser, as Table 4's CMP row.
+- Losses as printed (Eq. 7-8, log loss), G with the non-saturating form log D(F(·)) (§3.3 writes it so for D2).
+  α = β = 1 and the regulariser's weight 1: the paper gives no values. Adam betas (0.5, 0.999) (DCGAN's; the paper
+  gives the learning rate only), no decay.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.train import UsageError, add_bool, add_default, main
+from kernels.boxmask import box_crop, box_masks
+
+# --- Defaults: the paper's hyperparameters (flag -> (value, source)) ------------------------------------------
+DEFAULTS = {
+    "iteration": (20_000, "our choice: the paper gives no length"),
+    "batch_size": (64, "§3.4"),
+    "print_freq": (1000, "our choice"),
+    "save_freq": (5000, "our choice"),
+    "decay_flag": (False, "§3.4 mentions no decay"),
+    "lr": (2e-4, "§3.4"),
+    "weight_decay": (0.0, "not used"),
+    "img_size": (32, "§4.3: SVHN and MNIST digits, 32 px"),
+    "ch": (32, "our choice"),
+    "n_res": (4, "our choice: §3.4 says 'several'"),
+    "n_boxes": (1, "Table 4: one region (the digit) for MNIST & SVHN"),
+    "box_size": (0.5, "our choice: fraction of the side the box covers"),
+    "k": (20.0, "our choice: σ's steepness per normalised unit (the image spans 2 units)"),
+    "alpha": (1.0, "α of Eq. 9; our choice, the paper gives none"),
+    "beta": (1.0, "β of Eq. 9; our choice, the paper gives none"),
+    "cls_weight": (1.0, "weight of the geometric regulariser; our choice"),
+}
+# `python dagan.py` with no --dataset: the embedded digits, SVHN-like -> MNIST-like, at a size a 2-core CPU trains
+# in minutes (benchmarks/train_step.py dagan --ch 16 --batch_size 32).
+SHAPES_PRESET = dict(dataset="digits", ch=16, batch_size=32, iteration=1500, print_freq=250, save_freq=500)
+
+
+# --- Networks -------------------------------------------------------------------------------------------------
+
+def block(c_in, c_out, kernel, stride, norm=True, act=nn.ReLU):
+    """Conv, batch norm, activation: §3.4's unit everywhere."""
+    layers = [nn.Conv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2 if stride == 1 else 1)]
+    return layers + ([nn.BatchNorm2d(c_out)] if norm else []) + [act()]
+
+
+class ResBlock(nn.Module):
+    """§3.4: x + [3×3 conv, BN, ReLU, 3×3 conv, BN](x)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(*block(c, c, 3, 1), nn.Conv2d(c, c, 3, 1, 1), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def encoder(ch):
+    """E: 3 -> 4ch channels at S/4 (any form will do, §3.1)."""
+    return nn.Sequential(*block(3, ch, 3, 1), *block(ch, 2 * ch, 4, 2), *block(2 * ch, 4 * ch, 4, 2))
+
+
+class DAE(nn.Module):
+    """The Deep Attention Encoder, §3.1. forward(X) -> (the N instance features concatenated, N·4ch × S/4 × S/4;
+    the box centres, B×N×2). With attend=False (Table 1a, w/o DAE) it is E(X) alone and there are no boxes."""
+
+    def __init__(self, ch, n_boxes, box_size, k, attend=True):
+        super().__init__()
+        self.E = encoder(ch)
+        self.attend, self.n_boxes, self.half, self.k = attend, n_boxes, box_size, k
+        if attend:
+            self.f_loc = nn.Sequential(*block(4 * ch, 4 * ch, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                       nn.Linear(4 * ch, 2 * n_boxes), nn.Tanh())
+            nn.init.zeros_(self.f_loc[-2].weight)  # every box starts at the centre
+            nn.init.zeros_(self.f_loc[-2].bias)
+
+    def boxes(self, X):
+        """Eq. (1): centres (x_i, y_i) in [-1, 1]; Eq. (2)'s half-sizes (w, h), fixed."""
+        centres = self.f_loc(self.E(X)).view(len(X), self.n_boxes, 2)
+        return centres, torch.full_like(centres, self.half)
+
+    def forward(self, X):
+        if not self.attend:
+            return self.E(X), None
+        centres, halves = self.boxes(X)
+        R = box_crop(X, centres, halves, self.k)  # Eq. (4) and R_i = X ∘ M_i: B×N×3×S×S
+        inst = self.E(R.flatten(0, 1))            # Eq. (3): the same E on every region
+        return inst.view(len(X), -1, *inst.shape[2:]), centres
+
+
+class Generator(nn.Sequential):
+    """G, §3.4: the concatenated instances -> residual blocks -> two up-sampling blocks (nearest ×2, 3×3 conv, BN,
+    ReLU) -> a 3×3 conv to RGB, the one conv without BN and ReLU (tanh: images are in [-1, 1])."""
+
+    def __init__(self, in_ch, ch, n_res):
+        super().__init__(*block(in_ch, 4 * ch, 3, 1), *[ResBlock(4 * ch) for _ in range(n_res)],
+                         nn.Upsample(scale_factor=2, mode="nearest"), *block(4 * ch, 2 * ch, 3, 1),
+                         nn.Upsample(scale_factor=2, mode="nearest"), *block(2 * ch, ch, 3, 1),
+                         nn.Conv2d(ch, 3, 3, 1, 1), nn.Tanh())
+
+
+class Discriminator(nn.Sequential):
+    """D1, D2, §3.4: down-sampling blocks (4×4 stride-2 convs, BN but on the first, LeakyReLU 0.2), then a fully
+    connected layer with one node: the decision logit."""
+
+    def __init__(self, ch, img_size):
+        lrelu = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+        super().__init__(*block(3, ch, 4, 2, norm=False, act=lrelu), *block(ch, 2 * ch, 4, 2, act=lrelu),
+                         *block(2 * ch, 4 * ch, 4, 2, act=lrelu), nn.Flatten(),
+                         nn.Linear(4 * ch * (img_size // 8) ** 2, 1))
+
+
+class Classifier(nn.Module):
+    """d(·) of Table 4, "ResBlock": 9 residual blocks on DAE(X), pooled to φ, then a linear layer to the labels."""
+
+    def __init__(self, in_ch, ch, n_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(*block(in_ch, ch, 3, 1), *[ResBlock(ch) for _ in range(9)],
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(ch, n_classes)
+
+    def forward(self, latent):
+        return self.fc(self.features(latent))
+
+
+def bce(logits, real):
+    """Eq. (7)-(8)'s log terms: −log D for real = 1, −log(1 − D) for real = 0."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(real)))
+
+
+# --- Losses and the training step -------------------------------------------------------------------------------
+
+class DAGAN:
+    directions = ("A2B",)  # one mapping F: S -> T
+    batch_info = True      # the labels Y of the geometric regulariser
+
+    def __init__(self, args, device):
+        self.DAE = DAE(args.ch, args.n_boxes, args.box_size, args.k, attend=args.dae).to(device)
+        latent = 4 * args.ch * (args.n_boxes if args.dae else 1)
+        self.G = Generator(latent, args.ch, args.n_res).to(device)
+        self.C = Classifier(latent, args.ch).to(device)
+        self.D1 = Discriminator(args.ch, args.img_size).to(device)
+        self.D2 = Discriminator(args.ch, args.img_size).to(device) if args.D2 else None
+        nets = dict(DAE=self.DAE, G=self.G, C=self.C, D1=self.D1, D2=self.D2)
+        self.nets = {name: net for name, net in nets.items() if net is not None}
+        adam = dict(lr=args.lr, betas=(0.5, 0.999), weight_decay=args.weight_decay,
+                    fused=device.type in ("cpu", "cuda"))
+        Ds = [self.D1] + ([self.D2] if self.D2 is not None else [])
+        self.optimizers = {
+            "F": torch.optim.Adam([p for net in (self.DAE, self.G, self.C) for p in net.parameters()], **adam),
+            "D": torch.optim.Adam([p for D in Ds for p in D.parameters()], **adam)}
+        self.alpha = args.alpha if args.cst else 0.0
+        self.beta = args.beta if args.sym else 0.0
+        self.cls_weight, self.source_labels = args.cls_weight, args.source_labels
+        self.k = args.k
+
+    def F(self, x):
+        """F = G ∘ DAE (Eq. 10). Returns F(x) and DAE(x)."""
+        latent, _ = self.DAE(x)
+        return self.G(latent), latent
+
+    def d(self, u, v):
+        """Table 4's d: the distance of the classifier's features, with the classifier held fixed."""
+        self.C.requires_grad_(False)
+        distance = (self.C.features(u) - self.C.features(v)).abs().mean()
+        self.C.requires_grad_(True)
+        return distance
+
+    def regulariser(self, latents, labels):
+        """§3.1's geometric regulariser E[d(Y, DAE(X))]: the classifier's cross-entropy on the labelled images;
+        None when no image of the batch has a label."""
+        latent, y = torch.cat(latents), torch.cat(labels)
+        known = y >= 0
+        return F.cross_entropy(self.C(latent[known]), y[known]) if known.any() else None
+
+    def train_step(self, s, t, info):
+        """One iteration of Eq. (10): F (DAE, G) and the classifier take a step, then D1 and D2 on the same fakes."""
+        fake_s, latent_s = self.F(s)  # s' = F(s)
+        fake_t, latent_t = self.F(t)  # t' = F(t)
+        Ds = [D for D in (self.D1, self.D2) if D is not None]
+        for D in Ds:
+            D.requires_grad_(False)
+        losses = {"G_adv_s": bce(self.D1(fake_s), 1)}  # Eq. (7), non-saturating
+        if self.D2 is not None:
+            losses["G_adv_t"] = bce(self.D2(fake_t), 1)  # Eq. (8)
+        if self.alpha:
+            losses["cst"] = self.d(latent_s, self.DAE(fake_s)[0])  # Eq. (5)
+        if self.beta:
+            losses["sym"] = self.d(latent_t, self.DAE(fake_t)[0])  # Eq. (6)
+        labelled = ([latent_s], [info["label_A"]]) if self.source_labels else ([], [])
+        cls = self.regulariser([latent_t, *labelled[0]], [info["label_B"], *labelled[1]])
+        if cls is not None:
+            losses["cls"] = cls
+        losses["G"] = (losses["G_adv_s"] + losses.get("G_adv_t", 0) + self.alpha * losses.get("cst", 0)
+                       + self.beta * losses.get("sym", 0) + self.cls_weight * losses.get("cls", 0))  # Eq. (9)
+        losses["G"].backward()
+        self.optimizers["F"].step()
+        self.optimizers["F"].zero_grad(set_to_none=True)
+        for D in Ds:
+            D.requires_grad_(True)
+
+        losses["D"] = bce(self.D1(t), 1) + bce(self.D1(fake_s.detach()), 0)  # D1 maximises Eq. (7)
+        if self.D2 is not None:
+            losses["D"] = losses["D"] + bce(self.D2(t), 1) + bce(self.D2(fake_t.detach()), 0)  # D2, Eq. (8)
+        losses["D"].backward()
+        self.optimizers["D"].step()
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        return {k: v.detach() for k, v in losses.items()}
+
+    # --- Inference --------------------------------------------------------------------------------------------
+    def masks(self, x):
+        """The N soft masks of Eq. (4) for each image: B×N×H×W."""
+        centres, halves = self.DAE.boxes(x)
+        return box_masks(centres, halves, x.shape[2], x.shape[3], self.k)
+
+    def translate(self, x, direction="A2B"):
+        """F(x), and the attention: the union of the boxes' soft masks (None without the DAE)."""
+        attention = self.masks(x).sum(1, keepdim=True).clamp(max=1) if self.DAE.attend else None
+        return self.F(x)[0], attention
+
+    def visuals(self, x, direction="A2B"):
+        """x with its boxes drawn | each attended region R_i | F(x)."""
+        y = self.F(x)[0]
+        if not self.DAE.attend:
+            return [x, y]
+        masks = self.masks(x)
+        hard = (masks > 0.5).float()
+        eroded = -F.max_pool2d(-hard, 3, 1, 1)
+        edge = (hard - eroded).amax(1, keepdim=True)
+        yellow = torch.tensor([1.0, 1.0, -1.0], device=x.device).view(1, 3, 1, 1)
+        return [torch.where(edge > 0, yellow, x), *(x * masks[:, i:i + 1] for i in range(masks.shape[1])), y]
+
+
+def add_arguments(parser):
+    def arg(flag, type, help):
+        add_default(parser, DEFAULTS, flag, type, help)
+    arg("--ch", int, "base channels of E, G, D and the classifier")
+    arg("--n_res", int, "residual blocks in G")
+    arg("--n_boxes", int, "attended regions N of Eq. 1")
+    arg("--box_size", float, "side of each box as a fraction of the image side (Eq. 2's 2w, 2h)")
+    arg("--k", float, "steepness of the soft box edge, Eq. 4")
+    arg("--alpha", float, "weight of the consistency loss, Eq. 9")
+    arg("--beta", float, "weight of the symmetry loss, Eq. 9")
+    arg("--cls_weight", float, "weight of the geometric regulariser (the classifier on DAE(X))")
+    add_bool(parser, "--dae", True, "the Deep Attention Encoder (False: Table 1a, w/o DAE: F = G ∘ E, no boxes)")
+    add_bool(parser, "--cst", True, "the consistency loss, Eq. 5 (False: Table 1a, w/o const)")
+    add_bool(parser, "--sym", True, "the symmetry loss, Eq. 6 (False: Table 1a, w/o Sym)")
+    add_bool(parser, "--D2", True, "the second discriminator, Eq. 8 (False: Table 1a, w/o D2)")
+    add_bool(parser, "--source_labels", False, "the regulariser also uses S's labels (default: T's only, the "
+                                                "unsupervised domain-adaptation setting)")
+
+
+def make_model(args, device):
+    if not 0 < args.box_size <= 1:
+        raise UsageError(f"--box_size {args.box_size}: use a fraction of the side in (0, 1]")
+    if args.k <= 0:
+        raise UsageError(f"--k {args.k}: the edge steepness must be positive")
+    if args.n_boxes < 1:
+        raise UsageError(f"--n_boxes {args.n_boxes}: use 1 or more")
+    if args.img_size % 8:
+        raise UsageError(f"--img_size {args.img_size}: use a multiple of 8 (D halves it three times)")
+    return DAGAN(args, device)
+
+
+if __name__ == "__main__":
+    main("dagan", __doc__.split("\n\n")[0], DEFAULTS, SHAPES_PRESET, add_arguments, make_model)

@@ -1,0 +1,201 @@
+"""dagan.py: the DAE's soft boxes (Eq. 1-4), the losses of Eq. 5-9 and where they vanish, Table 1(a)'s ablations,
+the labels of the regulariser, and the script end to end."""
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dagan
+from common.train import UsageError, build_parser
+from conftest import ROOT
+from kernels.boxmask import box_masks
+
+TINY = ["--ch", "4", "--n_res", "1"]
+
+
+def make_args(*argv):
+    parser = build_parser("dagan", "", dagan.DEFAULTS)
+    dagan.add_arguments(parser)
+    return parser.parse_args([*TINY, *argv])
+
+
+def model(*argv):
+    return dagan.make_model(make_args(*argv), torch.device("cpu"))
+
+
+def batch(n=4, labels_B=(1, 2, -1, 3), labels_A=(5, -1, 6, 7)):
+    s, t = torch.rand(n, 3, 32, 32) * 2 - 1, torch.rand(n, 3, 32, 32) * 2 - 1
+    index = torch.arange(n)
+    return s, t, {"index_A": index, "index_B": index, "label_A": torch.tensor(labels_A[:n]),
+                  "label_B": torch.tensor(labels_B[:n])}
+
+
+def snapshot(m):
+    return {k: copy.deepcopy(net.state_dict()) for k, net in m.nets.items()}
+
+
+def changed(m, before, name):
+    return any(not torch.equal(v, before[name][k]) for k, v in m.nets[name].state_dict().items()
+               if v.is_floating_point())
+
+
+# --- The DAE, Eq. (1)-(4) ---------------------------------------------------------------------------------------
+
+def test_soft_boxes_approach_the_hard_box_as_k_grows():
+    centre, half = torch.tensor([[[0.2, -0.1]]]), torch.tensor([[[0.4, 0.3]]])
+    u = (2 * torch.arange(32) + 1) / 32 - 1
+    hard = (((u[None, :] - 0.2).abs() < 0.4) & ((u[:, None] + 0.1).abs() < 0.3)).float()
+    errors = [(box_masks(centre, half, 32, 32, k)[0, 0] - hard).abs().max().item() for k in (5, 20, 100, 1000, 10_000)]
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-3 and errors[0] > 0.2
+
+
+def test_boxes_start_centred_and_the_loss_reaches_the_centres():
+    m = model()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    centres, halves = m.DAE.boxes(x)
+    assert torch.equal(centres, torch.zeros(2, 1, 2)) and torch.equal(halves, torch.full((2, 1, 2), 0.5))
+    s, t, info = batch()
+    m.train_step(s, t, info)  # f_loc's last layer moves off zero: now gradients reach it through the masks
+    latent, centres = m.DAE(x)
+    centres.retain_grad()
+    m.G(latent).mean().backward()
+    assert centres.grad.abs().sum() > 0 and m.DAE.f_loc[-2].weight.grad.abs().sum() > 0
+
+
+def test_instances_are_E_of_each_region_concatenated():
+    m = model("--n_boxes", "3")
+    m.DAE.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    latent, centres = m.DAE(x)
+    masks = box_masks(centres, torch.full_like(centres, 0.5), 32, 32, 20.0)
+    expected = torch.cat([m.DAE.E(x * masks[:, i:i + 1]) for i in range(3)], 1)  # Eq. (3) with R_i = X ∘ M_i
+    torch.testing.assert_close(latent, expected, atol=1e-5, rtol=1e-4)
+    assert latent.shape == (2, 3 * 16, 8, 8)
+
+
+def test_translate_and_visuals():
+    m = model("--n_boxes", "2")
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    y, attention = m.translate(x)
+    assert y.shape == x.shape and y.abs().max() <= 1
+    assert attention.shape == (3, 1, 32, 32) and attention.min() >= 0 and attention.max() <= 1
+    tiles = m.visuals(x)
+    assert len(tiles) == 4 and all(t.shape == x.shape for t in tiles)
+    drawn = (tiles[0] != x).any(1)
+    assert drawn.any() and not drawn.all()  # an outline, not a fill
+    assert m.directions == ("A2B",)
+    plain = model("--dae", "False")
+    assert plain.translate(x)[1] is None and len(plain.visuals(x)) == 2
+
+
+# --- The losses, Eq. (5)-(9) ------------------------------------------------------------------------------------
+
+def test_symmetry_and_consistency_vanish_for_an_identity_F():
+    m = model()
+    m.G = lambda latent: m.identity_input  # F(x) = x whatever DAE(x) is
+    s, t, info = batch()
+    m.identity_input = t
+    _, latent_t = m.F(t)
+    assert m.d(latent_t, m.DAE(m.F(t)[0])[0]) == 0  # Eq. (6) with F = identity on T
+    m.identity_input = s
+    assert m.d(m.F(s)[1], m.DAE(m.F(s)[0])[0]) == 0  # Eq. (5) with F(s) = s
+    assert m.d(m.DAE(s)[0], m.DAE(t)[0]) > 0
+
+
+def test_the_classifier_learns_from_labels_only():
+    m = model()
+    u, v = torch.randn(2, 16, 8, 8, requires_grad=True), torch.randn(2, 16, 8, 8)
+    m.d(u, v).backward()
+    assert all(p.grad is None for p in m.C.parameters()) and u.grad.abs().sum() > 0
+    assert all(p.requires_grad for p in m.C.parameters())
+
+
+def test_regulariser_uses_T_labels_unless_asked():
+    seen = []
+    for argv in ([], ["--source_labels", "True"]):
+        m = model(*argv)
+        m.C.register_forward_hook(lambda mod, inputs, out: seen.append(len(out)))
+        m.train_step(*batch())
+    assert seen == [3, 6]  # three labelled T images; with S's labels, three more
+    m = model()
+    losses = m.train_step(*batch(labels_B=(-1, -1, -1, -1)))
+    assert "cls" not in losses
+
+
+def test_one_step_updates_every_network():
+    m = model()
+    before = snapshot(m)
+    losses = m.train_step(*batch())
+    assert set(losses) == {"G_adv_s", "G_adv_t", "cst", "sym", "cls", "G", "D"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(changed(m, before, k) for k in ("DAE", "G", "C", "D1", "D2"))
+
+
+def test_full_objective_is_eq_9():
+    m = model("--alpha", "0.3", "--beta", "2", "--cls_weight", "0.5")
+    losses = m.train_step(*batch())
+    expected = (losses["G_adv_s"] + losses["G_adv_t"] + 0.3 * losses["cst"] + 2 * losses["sym"]
+                + 0.5 * losses["cls"])
+    torch.testing.assert_close(losses["G"], expected)
+
+
+@pytest.mark.parametrize("flag, gone", [("--cst", {"cst"}), ("--sym", {"sym"}), ("--D2", {"G_adv_t"})])
+def test_ablations_remove_exactly_their_term(flag, gone):
+    full = set(model().train_step(*batch()))
+    m = model(flag, "False")
+    assert set(m.train_step(*batch())) == full - gone
+    assert ("D2" in m.nets) == (flag != "--D2")
+
+
+def test_without_dae_there_are_no_boxes():
+    m = model("--dae", "False")
+    assert not hasattr(m.DAE, "f_loc")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    latent, centres = m.DAE(x)
+    assert centres is None and torch.equal(latent, m.DAE.E(x))
+    assert set(m.train_step(*batch())) == {"G_adv_s", "G_adv_t", "cst", "sym", "cls", "G", "D"}
+
+
+def test_paper_defaults_and_bad_flags():
+    a = make_args()
+    assert (a.lr, a.batch_size, a.n_boxes, a.img_size, a.decay_flag) == (2e-4, 64, 1, 32, False)
+    assert a.dae and a.cst and a.sym and a.D2 and not a.source_labels
+    for opt in model().optimizers.values():
+        assert opt.param_groups[0]["betas"] == (0.5, 0.999)
+    for argv, message in ((["--box_size", "0"], "--box_size 0"), (["--k", "-1"], "--k -1.0"),
+                          (["--n_boxes", "0"], "--n_boxes 0"), (["--img_size", "36"], "--img_size 36")):
+        with pytest.raises(UsageError, match=message):
+            model(*argv)
+
+
+# --- The script ----------------------------------------------------------------------------------------------
+
+def run(tmp_path, *args):
+    p = subprocess.run([sys.executable, str(ROOT / "dagan.py"), "--result_dir", str(tmp_path / "runs"), *TINY,
+                        "--batch_size", "4", "--log_freq", "1", *args],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def logged(root):
+    lines = (root / "log.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(l).items() if k != "time"} for l in lines if "eval" not in l]
+
+
+def test_cli_digits_train_resume_test(tmp_path):
+    straight, parts = tmp_path / "straight", tmp_path / "parts"
+    straight.mkdir()
+    parts.mkdir()
+    p = run(straight, "--iteration", "4", "--print_freq", "4")
+    assert "--dataset digits" in p.stdout and "A2B/accuracy" in p.stdout
+    run(parts, "--iteration", "2")
+    run(parts, "--iteration", "4", "--print_freq", "4", "--resume")
+    root = "runs/dagan/digits"
+    assert logged(parts / root) == logged(straight / root)
+    assert (straight / root / "samples/0000004.png").exists()
+    run(straight, "--phase", "test")
+    assert len(list((straight / root / "test/A2B").iterdir())) > 0 and not (straight / root / "test/B2A").exists()

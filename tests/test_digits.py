@@ -1,0 +1,50 @@
+"""common/digits.py: the embedded SVHN-like / MNIST-like digits, and §4.3's evaluation."""
+import torch
+
+from common import digits
+from common.digits import DigitsDomain
+
+
+def test_images_are_pure_functions_of_seed_domain_split_index():
+    a = DigitsDomain("A", "train", 32)
+    assert torch.equal(a.get(3), DigitsDomain("A", "train", 32).get(3))
+    assert not torch.equal(a.get(3), DigitsDomain("A", "train", 32, seed=1).get(3))
+    assert not torch.equal(a.get(3), DigitsDomain("A", "test", 32).get(3))
+    x = a.get(0)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    assert DigitsDomain("B", "test", 48).get(5).shape == (3, 48, 48)
+    assert a.name(7).startswith("A_train_0007_") and a.name(7).endswith(str(a.label(7)))
+
+
+def test_labels_are_uniform_and_unpaired():
+    labels = [DigitsDomain("B", "train", 32).label(i) for i in range(1000)]
+    counts = torch.bincount(torch.tensor(labels), minlength=10)
+    assert counts.min() > 70 and counts.max() < 130
+    A = [DigitsDomain("A", "train", 32).label(i) for i in range(1000)]
+    assert sum(a == b for a, b in zip(A, labels)) < 150  # A and B with the same index are unrelated
+
+
+def test_the_digit_does_not_depend_on_the_size():
+    small, large = DigitsDomain("B", "train", 32).get(11), DigitsDomain("B", "train", 64).get(11)
+    down = torch.nn.functional.avg_pool2d(large[None], 2)[0]
+    assert (down - small).abs().mean() < 0.1
+
+
+def test_b_is_grey_ink_on_black_and_a_is_cluttered():
+    b = DigitsDomain("B", "train", 32).get(1)
+    assert torch.equal(b[0], b[1]) and torch.equal(b[1], b[2]) and (b == -1).float().mean() > 0.5
+    a = DigitsDomain("A", "train", 32).get(1)
+    assert (a == -1).float().mean() < 0.05 and (a[0] - a[1]).abs().mean() > 0.05
+
+
+def test_report_and_cache(tmp_path):
+    data = {f"test{d}": DigitsDomain(d, "test", 32) for d in "AB"}
+    identity = lambda x, direction: (x, None)  # noqa: E731
+    first = digits.report(identity, data, torch.device("cpu"), tmp_path, steps=60)
+    assert set(first) == {"B/accuracy", "A/accuracy", "A2B/accuracy"}
+    assert first["A2B/accuracy"] == first["A/accuracy"] < first["B/accuracy"]  # A is harder; identity adapts nothing
+    assert first["B/accuracy"] > 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["digits_classifier_32px_seed0_steps60.pt"]
+    assert digits.report(identity, data, torch.device("cpu"), tmp_path, steps=60) == first  # loaded, not retrained
+    blank = lambda x, direction: (torch.full_like(x, -1), None)  # noqa: E731
+    assert digits.report(blank, data, torch.device("cpu"), tmp_path, steps=60)["A2B/accuracy"] < 0.2
