@@ -385,7 +385,9 @@ def train(model, args, data, run, device):
                 run.write_log({"step": step, "time": round(time.time() - t0, 3),
                                "lr": next(iter(model.optimizers.values())).param_groups[0]["lr"], **values})
             if step % args.print_freq == 0 or step == args.iteration:
-                sample_grid(model, show_A, show_B, device).save(run.samples / f"{step:07d}.png")
+                # Its own RNG: a model that draws while translating (dropout) must not shift the training's draws.
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    sample_grid(model, show_A, show_B, device).save(run.samples / f"{step:07d}.png")
             if step % args.save_freq == 0 or step == args.iteration or stop.set:
                 save_checkpoint(run.checkpoint, model, schedulers, step, args)
             if stop.set:

@@ -1,0 +1,344 @@
+"""GuideGAN: Attention based spatial guidance for image-to-image translation. Anonymous, ICLR 2020 submission
+(OpenReview). No code was released.
+
+The idea. A discriminator sees where a fake goes wrong; GuideGAN makes it say so. Its discriminator returns, with
+its verdict, an attention map: where it looked. The generator then reads that map beside its input, x ⊕ M_x, so it
+knows where the discriminator will look next time. The map for a training image is the one the discriminator
+produced for that image's translation the last time it was seen (all ones the first time): Eq. (1) iterates
+y'^(k+1) = G(x ⊕ T(D(y'^(k)))). The map comes either post hoc, from the activations of the discriminator's 4th
+conv layer (Eq. 2), or from a trainable residual-attention branch inside the discriminator (Eq. 3, after Wang et
+al.'s RAN), and enters the generator either as a per-pixel weight, (M + 1)·x (Eq. 4), or as an alpha channel (Eq. 5).
+The framework wraps pix2pix (supervised, paired data) and CycleGAN (unsupervised).
+
+Map of the paper to this file:
+    Eq. (1)  the generator reads x ⊕ M_x, M_x cached per image    AttentionCache, GuideGAN.guided
+    Eq. (2)  post hoc attention: minmax(mean_c |a_4,c|)           PosthocD
+    Eq. (3)  E = (M + 1)·T, RAM discriminator (Fig. 6, App. A)    RAMD
+    Eq. (4)  residual concatenation x' = (M + 1)·x               Transfer, --concat residual
+    Eq. (5)  RGBA concatenation x' = {x_r, x_g, x_b, g(M; φ)}      Transfer, --concat rgba
+    Eq. (7)  LSGAN                                               GuideGAN.train_step
+    Eq. (8)  L1 to the ground truth (supervised)                 GuideGAN.train_step, --l1_weight
+    Eq. (9)  10·L_GAN + 10·L_L1 (Appendix A)                      --adv_weight, --l1_weight
+    Eq. (10) cycle consistency (unsupervised)                    GuideGAN.train_step
+    Eq. (11) L_GAN(G_X, D_Y) + L_GAN(G_Y, D_X) + λ L_cyc          GuideGAN.train_step (its "G_X" is D_X)
+    App. A   UNet-128 and a 5-layer PatchGAN (supervised); ResNet 6/9 blocks and PatchGAN (unsupervised)
+
+Domains: A is X, B is Y; G_X: A -> B is judged by D_Y, G_Y: B -> A by D_X. On the embedded `shapes_paired` data
+A is the photo and B its label map, so A2B is Table 1-2's photo -> label and B2A label -> photo.
+
+Our choices where the paper is silent or loose:
+- --mode supervised trains two pix2pix translators in one run, G_X with D_Y and G_Y with D_X, sharing no loss, so
+  one run fills both halves of Table 2. Their discriminators are conditional, D_Y([x, y]), as pix2pix's, which
+  Table 2's "pix2pix" row and the paper's framework build on; Eq. (6)-(7) write D(y) without the condition.
+- The U-Net has pix2pix's layout (4×4 stride-2 convs, C64-C128-C256-C512-C512-C512-C512 for UNet-128, skip
+  connections, dropout 0.5 in the 512-channel layers above the innermost) with instance norm: pix2pix's batch norm
+  at batch 1 in training mode is the same normalisation, and instance norm keeps it at test time. Seven
+  down-samplings at 128 px; at other sizes as many as the size allows (6 at 64 px).
+- RAMD's sizes (the paper gives only the layer counts): the extractor is PatchGAN's first layer, the trunk its next
+  three; the mask branch takes the extractor's output through two 4×4 stride-2 convs (2ndf, 4ndf), two 3×3 convs
+  (8ndf) and a bilinear up-sampling onto the trunk's grid, then a sigmoid, so M has the trunk's shape; the classifier
+  is PatchGAN's last conv.
+- g(M; φ) of Eq. (5) is a per-pixel MLP, 1 -> 16 -> 1 (1×1 convs, ReLU, then tanh so the alpha channel has the
+  images' range [-1, 1]), trained with the generators. T is shared by both directions (§3.1).
+- The cached map of x is the one D gave while judging G's fake from x in G's step (D before its own update).
+  With random crops (real folders) the map is the previous crop's, up to 30 px off; the embedded data is not
+  cropped. Maps are cached in fp16 on the device.
+- In the unsupervised cycle the way back, G_Y(G_X(x')), reads an all-ones map: a translated image has no history,
+  as every image at the start of training (§3.1).
+- At inference Eq. (1) runs once: y0 from the all-ones map, M from D on y0, y1 = G(x ⊕ T(M)).
+- The adversarial weight 10 scales G's LSGAN term; D's objective is LSGAN halved (pix2pix, CycleGAN).
+- --attention none is the baseline without attention: plain pix2pix (supervised) or CycleGAN (unsupervised).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.blocks import ImagePool, PatchGAN, init_normal, lsgan, lsgan_d, resnet_decoder, resnet_encoder
+from common.train import UsageError, add_bool, add_default, main
+
+# --- Defaults: the paper's hyperparameters (flag -> (value, source)) ------------------------------------------
+DEFAULTS = {
+    "epochs": (150, "Appendix A: apple2orange and Cityscapes, 100 constant + 50 decaying"),
+    "decay_epoch": (100, "Appendix A (horse2zebra and day2night: from epoch 50 of 150)"),
+    "iteration": (None, "--epochs × the larger training set / --batch_size"),
+    "batch_size": (1, "Appendix A"),
+    "print_freq": (1000, "our choice"),
+    "save_freq": (10_000, "our choice"),
+    "decay_flag": (True, "Appendix A: linear to 0"),
+    "lr": (2e-4, "Appendix A"),
+    "weight_decay": (0.0, "not used"),
+    "img_size": (128, "Appendix A: 128 px for the Cityscapes tasks"),
+    "ngf": (64, "pix2pix and CycleGAN"),
+    "ndf": (64, "pix2pix and CycleGAN"),
+    "n_res": (None, "Appendix A: 6 residual blocks below 256 px, 9 at 256"),
+    "adv_weight": (10.0, "Appendix A"),
+    "l1_weight": (10.0, "Appendix A: λ of Eq. 9 (L1) and of Eq. 11 (cycle)"),
+    "pool_size": (50, "CycleGAN's image pool, unsupervised mode"),
+}
+# `python guidegan.py` with no --dataset: the embedded shapes_paired (photo <-> label) at a size a 2-core CPU
+# trains in minutes (benchmarks/train_step.py guidegan --img_size 64 --ngf 16 --ndf 16).
+SHAPES_PRESET = dict(dataset="shapes_paired", img_size=64, ngf=16, ndf=16, iteration=3000, print_freq=500,
+                     save_freq=500)
+
+
+# --- Networks -------------------------------------------------------------------------------------------------
+
+class UNetLevel(nn.Module):
+    """One level of pix2pix's U-Net: down (4×4 stride-2 conv), the levels below, up (4×4 stride-2 transposed conv),
+    and the skip connection that concatenates this level's input with its output."""
+
+    def __init__(self, in_ch, out_ch, inner, below=None, outermost=False, dropout=False):
+        super().__init__()
+        down = [nn.Conv2d(in_ch, inner, 4, 2, 1)]
+        if not outermost:
+            down = [nn.LeakyReLU(0.2, True)] + down + ([nn.InstanceNorm2d(inner)] if below is not None else [])
+        up_in = inner if below is None else 2 * inner  # below the innermost level there is no skip to widen it
+        up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, out_ch, 4, 2, 1)]
+        up += [nn.Tanh()] if outermost else [nn.InstanceNorm2d(out_ch)] + ([nn.Dropout(0.5)] if dropout else [])
+        self.model = nn.Sequential(*down, *([below] if below is not None else []), *up)
+        self.outermost = outermost
+
+    def forward(self, x):
+        return self.model(x) if self.outermost else torch.cat([x, self.model(x)], 1)
+
+
+def n_down(img_size):
+    """UNet-128's 7 down-samplings, or as many as halve img_size exactly (6 at 64 px)."""
+    n = 0
+    while n < 7 and img_size % 2 ** (n + 1) == 0:
+        n += 1
+    return n
+
+
+def unet(in_ch, ngf, n, dropout):
+    """pix2pix's U-Net with n levels: widths ngf·(1, 2, 4, 8, 8, ...), dropout in the 8·ngf levels between the
+    fourth and the innermost (two of them in UNet-128)."""
+    widths = [ngf * min(2 ** i, 8) for i in range(n)]
+    level = None
+    for i in reversed(range(n)):
+        level = UNetLevel(in_ch if i == 0 else widths[i - 1], 3 if i == 0 else widths[i - 1], widths[i], level,
+                          outermost=i == 0, dropout=dropout and 4 <= i < n - 1)
+    return level
+
+
+def resnet_generator(in_ch, ngf, n_res):
+    """CycleGAN's ResNet generator (Appendix A), reading in_ch channels: x, or x with its alpha channel."""
+    return nn.Sequential(*resnet_encoder(in_ch, ngf, n_res), *resnet_decoder(ngf, 3), nn.Tanh())
+
+
+def resize(a, x):
+    return F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class PosthocD(PatchGAN):
+    """The 5-conv PatchGAN (Appendix A) with post hoc attention, Eq. (2): M = minmax(mean_c |a_4,c|), a_4 the 4th
+    conv layer's activations (after its norm and LeakyReLU), resized to the input. forward -> (logits, M)."""
+
+    def forward(self, x):
+        a = self.model[:-1](x)  # everything up to the last conv: a_4
+        m = a.abs().mean(1, keepdim=True)
+        low, high = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
+        M = (m - low) / (high - low).clamp_min(1e-12)  # g(·) of Eq. 2: min-max per image
+        return self.model[-1](a), resize(M, x[:, :1]).detach()
+
+
+class RAMD(nn.Module):
+    """The residual-attention discriminator (Appendix A, Fig. 6): a feature extractor, a trunk T, a mask branch M,
+    E = (M + 1)·T (Eq. 3) and a classifier. forward -> (logits, the channel mean of M resized to the input)."""
+
+    def __init__(self, in_ch, ndf):
+        super().__init__()
+
+        def layer(c_in, c_out, kernel, stride, pad):
+            return [nn.Conv2d(c_in, c_out, kernel, stride, pad), nn.InstanceNorm2d(c_out), nn.LeakyReLU(0.2, True)]
+        self.features = nn.Sequential(nn.Conv2d(in_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True))
+        self.trunk = nn.Sequential(*layer(ndf, 2 * ndf, 4, 2, 1), *layer(2 * ndf, 4 * ndf, 4, 2, 1),
+                                   *layer(4 * ndf, 8 * ndf, 4, 1, 1))
+        self.mask = nn.Sequential(*layer(ndf, 2 * ndf, 4, 2, 1), *layer(2 * ndf, 4 * ndf, 4, 2, 1),
+                                  *layer(4 * ndf, 8 * ndf, 3, 1, 1), nn.Conv2d(8 * ndf, 8 * ndf, 3, 1, 1))
+        self.classifier = nn.Conv2d(8 * ndf, 1, 4, 1, 1)
+
+    def forward(self, x):
+        f = self.features(x)
+        T = self.trunk(f)
+        M = torch.sigmoid(resize(self.mask(f), T))  # the up-sampling layer onto T's grid, then the sigmoid
+        E = (M + 1) * T  # Eq. (3)
+        return self.classifier(E), resize(M.mean(1, keepdim=True), x[:, :1]).detach()
+
+
+class PlainD(PatchGAN):
+    """--attention none: pix2pix's / CycleGAN's PatchGAN, no map."""
+
+    def forward(self, x):
+        return super().forward(x), None
+
+
+class Transfer(nn.Module):
+    """The attention transfer T (§3.3), shared by both generators: M -> x'."""
+
+    def __init__(self, concat):
+        super().__init__()
+        self.concat = concat
+        if concat == "rgba":
+            self.g = nn.Sequential(nn.Conv2d(1, 16, 1), nn.ReLU(True), nn.Conv2d(16, 1, 1), nn.Tanh())
+
+    def forward(self, x, M):
+        if self.concat == "residual":
+            return (M + 1) * x  # Eq. (4)
+        return torch.cat([x, self.g(M)], 1)  # Eq. (5): x_r, x_g, x_b and the alpha channel g(M; φ)
+
+
+class AttentionCache:
+    """Eq. (1)'s memory: for each training image, the map D produced for its last translation, all ones before the
+    first (§3.1). Saved with the checkpoints (the harness treats it as a pool), so --resume continues exactly."""
+
+    def __init__(self):
+        self.maps = {}
+
+    def get(self, index, x):
+        """The maps of images `index` (a tensor), N×1×H×W like x."""
+        ones = x.new_ones(1, *x.shape[2:])
+        return torch.stack([self.maps[i].to(x.device, x.dtype) if i in self.maps else ones for i in index.tolist()])
+
+    def put(self, index, maps):
+        for i, m in zip(index.tolist(), maps):
+            self.maps[i] = m.detach().half()
+
+    def state_dict(self):
+        index = sorted(self.maps)
+        return {"index": torch.tensor(index, dtype=torch.long),
+                "maps": torch.stack([self.maps[i].cpu() for i in index]) if index else torch.empty(0)}
+
+    def load_state_dict(self, state):
+        self.maps = dict(zip(state["index"].tolist(), state["maps"]))
+
+
+# --- Losses and the training step -------------------------------------------------------------------------------
+
+DISCRIMINATORS = {"posthoc": PosthocD, "ram": RAMD, "none": PlainD}
+
+
+class GuideGAN:
+    batch_info = True  # each image's index, for its cached map
+
+    def __init__(self, args, device):
+        self.supervised = self.paired = args.mode == "supervised"
+        self.attention = args.attention
+        in_ch = 4 if args.attention != "none" and args.concat == "rgba" else 3
+        if self.supervised:
+            make_G = lambda: unet(in_ch, args.ngf, n_down(args.img_size), args.dropout)  # noqa: E731
+        else:
+            n_res = args.n_res or (9 if args.img_size >= 256 else 6)
+            make_G = lambda: resnet_generator(in_ch, args.ngf, n_res)  # noqa: E731
+        d_in = 6 if self.supervised else 3  # pix2pix's D judges [x, y]
+        D = DISCRIMINATORS[args.attention]
+        self.G_X, self.G_Y = make_G().to(device), make_G().to(device)
+        self.D_Y, self.D_X = D(d_in, args.ndf).to(device), D(d_in, args.ndf).to(device)
+        self.T = Transfer(args.concat).to(device)
+        self.nets = dict(G_X=self.G_X, G_Y=self.G_Y, D_Y=self.D_Y, D_X=self.D_X)
+        if args.attention != "none" and args.concat == "rgba":
+            self.nets["T"] = self.T
+        for net in self.nets.values():
+            init_normal(net)  # N(0, 0.02), as pix2pix and CycleGAN
+        adam = dict(lr=args.lr, betas=(0.5, 0.999), weight_decay=args.weight_decay,
+                    fused=device.type in ("cpu", "cuda"))
+        self.optimizers = {
+            "G": torch.optim.Adam([p for k in ("G_X", "G_Y", "T") if k in self.nets
+                                   for p in self.nets[k].parameters()], **adam),
+            "D": torch.optim.Adam([*self.D_Y.parameters(), *self.D_X.parameters()], **adam)}
+        self.cache = {"A": AttentionCache(), "B": AttentionCache()}
+        self.pools = {"attention_A": self.cache["A"], "attention_B": self.cache["B"]}
+        if not self.supervised:
+            self.pools.update(fake_A=ImagePool(args.pool_size), fake_B=ImagePool(args.pool_size))
+        self.adv_weight, self.l1_weight = args.adv_weight, args.l1_weight
+
+    def guided(self, G, x, M):
+        """G(x ⊕ T(M)), Eq. (1); G(x) without attention."""
+        return G(x) if self.attention == "none" else G(self.T(x, M))
+
+    def judge(self, D, x, y):
+        """D's (logits, attention) for y, translated from x: conditional in the supervised mode."""
+        return D(torch.cat([x, y], 1)) if self.supervised else D(y)
+
+    def train_step(self, x, y, info):
+        """One iteration for both directions: G_X, G_Y (and g's φ) take a step on Eq. (9) or (11), the maps D gave
+        for this step's fakes replace the cached ones, then D_Y and D_X take a step."""
+        fake_y = self.guided(self.G_X, x, self.cache["A"].get(info["index_A"], x))  # y' = G_X(x ⊕ M_x)
+        fake_x = self.guided(self.G_Y, y, self.cache["B"].get(info["index_B"], y))
+        self.D_X.requires_grad_(False)
+        self.D_Y.requires_grad_(False)
+        logits_y, M_x = self.judge(self.D_Y, x, fake_y)
+        logits_x, M_y = self.judge(self.D_X, y, fake_x)
+        losses = {"G_adv": lsgan(logits_y, 1) + lsgan(logits_x, 1)}  # Eq. (7), G's side
+        if self.supervised:
+            losses["G_l1"] = F.l1_loss(fake_y, y) + F.l1_loss(fake_x, x)  # Eq. (8)
+        else:  # Eq. (10): the way back reads an all-ones map (a fake has no cached one)
+            losses["G_l1"] = (F.l1_loss(self.guided(self.G_Y, fake_y, torch.ones_like(fake_y[:, :1])), x)
+                              + F.l1_loss(self.guided(self.G_X, fake_x, torch.ones_like(fake_x[:, :1])), y))
+        losses["G"] = self.adv_weight * losses["G_adv"] + self.l1_weight * losses["G_l1"]  # Eq. (9), (11)
+        losses["G"].backward()
+        self.optimizers["G"].step()
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        self.D_X.requires_grad_(True)
+        self.D_Y.requires_grad_(True)
+        if self.attention != "none":
+            self.cache["A"].put(info["index_A"], M_x)
+            self.cache["B"].put(info["index_B"], M_y)
+
+        losses["D"] = self.d_loss(self.D_Y, x, y, fake_y, "fake_B") + self.d_loss(self.D_X, y, x, fake_x, "fake_A")
+        losses["D"].backward()
+        self.optimizers["D"].step()
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        return {k: v.detach() for k, v in losses.items()}
+
+    def d_loss(self, D, x, real, fake, pool):
+        """D's side of Eq. (7), halved: real [x, y] against [x, G(x')] (supervised), or real y against a fake from
+        the pool (unsupervised)."""
+        if self.supervised:
+            return lsgan_d(lambda xy: D(xy)[0], torch.cat([x, real], 1), torch.cat([x, fake.detach()], 1))
+        return lsgan_d(lambda z: D(z)[0], real, self.pools[pool].query(fake))
+
+    # --- Inference --------------------------------------------------------------------------------------------
+    def translate(self, x, direction="A2B"):
+        """Eq. (1) once: y0 from the all-ones map, M from the target domain's D on y0, y1 = G(x ⊕ T(M)). Returns
+        (y1, M); (G(x), None) without attention."""
+        G, D = (self.G_X, self.D_Y) if direction == "A2B" else (self.G_Y, self.D_X)
+        if self.attention == "none":
+            return G(x), None
+        y0 = self.guided(G, x, torch.ones_like(x[:, :1]))
+        _, M = self.judge(D, x, y0)
+        return self.guided(G, x, M), M
+
+
+def add_arguments(parser):
+    def arg(flag, type, help):
+        add_default(parser, DEFAULTS, flag, type, help)
+    parser.add_argument("--mode", choices=("supervised", "unsupervised"), default="supervised",
+                        help="supervised: pix2pix on paired data, Eq. 9 (Table 2); unsupervised: CycleGAN, Eq. 11 "
+                             "(Table 1) (default supervised)")
+    parser.add_argument("--attention", choices=("posthoc", "ram", "none"), default="posthoc",
+                        help="the discriminator's attention: post hoc, Eq. 2; RAM, Eq. 3; none: plain pix2pix / "
+                             "CycleGAN (default posthoc: §4.1's best)")
+    parser.add_argument("--concat", choices=("residual", "rgba"), default="residual",
+                        help="how the map joins the input: (M + 1)·x, Eq. 4; or an alpha channel, Eq. 5 "
+                             "(default residual: §4.1's best)")
+    arg("--ngf", int, "generator base channels")
+    arg("--ndf", int, "discriminator base channels")
+    parser.add_argument("--n_res", type=int, default=None, help="residual blocks of the unsupervised generators "
+                        "(default: 6 below 256 px, 9 at 256 and above: Appendix A)")
+    arg("--adv_weight", float, "weight of G's adversarial loss")
+    arg("--l1_weight", float, "weight of the L1 loss (supervised) or the cycle loss (unsupervised)")
+    arg("--pool_size", int, "fakes each discriminator's history holds (unsupervised)")
+    add_bool(parser, "--dropout", True, "dropout 0.5 in the U-Net's inner levels, as pix2pix")
+
+
+def make_model(args, device):
+    if args.n_res is not None and args.n_res < 1:
+        raise UsageError(f"--n_res {args.n_res}: use 1 or more")
+    if args.pool_size < 1:
+        raise UsageError(f"--pool_size {args.pool_size}: use 1 or more")
+    return GuideGAN(args, device)
+
+
+if __name__ == "__main__":
+    main("guidegan", __doc__.split("\n\n")[0], DEFAULTS, SHAPES_PRESET, add_arguments, make_model)
