@@ -79,7 +79,7 @@ DEFAULTS = {
 }
 # `python dagan.py` with no --dataset: the embedded digits, SVHN-like -> MNIST-like, at a size a 2-core CPU trains
 # in minutes (benchmarks/train_step.py dagan --ch 16 --batch_size 32).
-SHAPES_PRESET = dict(dataset="digits", ch=16, batch_size=32, iteration=1500, print_freq=250, save_freq=500)
+SHAPES_PRESET = dict(dataset="digits", ch=16, batch_size=32, iteration=1000, print_freq=250, save_freq=500)
 
 
 # --- Networks -------------------------------------------------------------------------------------------------

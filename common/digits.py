@@ -22,13 +22,14 @@ unsupervised domain adaptation may use), keeps it in a cache folder, and ``repor
 (the ceiling), on untranslated A (no adaptation), and on A translated to B.
 """
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from common.metrics import cached_scorer
 
 TRAIN_SIZE = 5000
 TEST_SIZE = 500
@@ -190,19 +191,10 @@ def train_classifier(domain, device, steps=800, batch_size=64, seed=0):
 
 
 def classifier(cache_dir, img_size, seed, device, steps=800):
-    """The trained classifier from `cache_dir`, trained and saved there first if it is not there yet (written to a
-    temporary file and renamed, so an interrupted run leaves no half file)."""
+    """The trained classifier, kept in `cache_dir`."""
     path = Path(cache_dir) / f"digits_classifier_{img_size}px_seed{seed}_steps{steps}.pt"
-    net = Classifier().to(device)
-    if path.exists():
-        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        return net.eval()
-    net = train_classifier(DigitsDomain("B", "train", img_size, seed), device, steps, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
-    return net
+    return cached_scorer(path, Classifier(), lambda: train_classifier(DigitsDomain("B", "train", img_size, seed),
+                                                                      device, steps, seed=seed), device)
 
 
 def accuracy(net, images_and_labels, device):

@@ -23,6 +23,8 @@ object where it was.
 """
 
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -182,3 +184,18 @@ def shapes_report(translate, testA: ShapesDomain, testB: ShapesDomain, device, b
             sums = _direction_sums(translate, dataset, direction, device, batch_size, count)
             report.update({f"{direction}/{key}": total / count for key, total in sums.items()})
     return report
+
+
+def cached_scorer(path, net, train, device):
+    """A scoring network (digits' classifier, shapes_paired's segmenter) from `path`, or `train()`ed and saved there
+    first (to a temporary file, then renamed: an interrupted run leaves no half file). In eval mode."""
+    path = Path(path)
+    if path.exists():
+        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        return net.to(device).eval()
+    net = train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, path)
+    return net.eval()

@@ -18,13 +18,14 @@ real training photos, which should find the classes in a good translation as it 
 real test photos is the ceiling, "real/"). Per-pixel accuracy, per-class accuracy and class IoU come from one
 confusion matrix over the test set, as the Cityscapes scripts compute them.
 """
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from common.metrics import cached_scorer
 
 TRAIN_SIZE = 2000
 TEST_SIZE = 100
@@ -184,18 +185,10 @@ def train_segmenter(domain, device, steps=300, batch_size=8, seed=0):
 
 
 def segmenter(cache_dir, img_size, seed, device, steps=300):
-    """The trained segmenter from `cache_dir`, trained and saved there first (a temporary file, then renamed)."""
+    """The trained segmenter, kept in `cache_dir`."""
     path = Path(cache_dir) / f"shapes_paired_fcn_{img_size}px_seed{seed}_steps{steps}.pt"
-    net = Segmenter().to(device)
-    if path.exists():
-        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        return net.eval()
-    net = train_segmenter(PairedShapesDomain("A", "train", img_size, seed), device, steps, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
-    return net
+    return cached_scorer(path, Segmenter(), lambda: train_segmenter(PairedShapesDomain("A", "train", img_size, seed),
+                                                                    device, steps, seed=seed), device)
 
 
 def report(translate, data, device, cache_dir, directions=("A2B", "B2A"), seed=0, steps=300):
