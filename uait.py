@@ -199,19 +199,19 @@ class UAIT:
         return {k: v.detach() for k, v in losses.items()}
 
     # --- Inference --------------------------------------------------------------------------------------------
-    def directions(self, direction):
+    def networks(self, direction):
         return (self.F_ST, self.A_S) if direction == "A2B" else (self.F_TS, self.A_T)
 
     def translate(self, x, direction="A2B"):
         """x' of Eq. (1) with the soft map, as in training (the authors' code thresholds only D's input), and the
         map; None where Table 2's ablation removes the attention network."""
-        F_xy, A_x = self.directions(direction)
+        F_xy, A_x = self.networks(direction)
         x_prime, x_a, _ = map_to(F_xy, A_x, x)
         return x_prime, x_a if A_x is not None else None
 
     def visuals(self, x, direction="A2B"):
         """x | attention map (white = 1) | F(x), the generator's own output | x'."""
-        F_xy, A_x = self.directions(direction)
+        F_xy, A_x = self.networks(direction)
         x_prime, x_a, content = map_to(F_xy, A_x, x)
         return [x, 2 * x_a - 1, content, x_prime]
 
