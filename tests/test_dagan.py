@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 import dagan
 from common.train import UsageError, build_parser
@@ -199,3 +200,14 @@ def test_cli_digits_train_resume_test(tmp_path):
     assert (straight / root / "samples/0000004.png").exists()
     run(straight, "--phase", "test")
     assert len(list((straight / root / "test/A2B").iterdir())) > 0 and not (straight / root / "test/B2A").exists()
+
+
+def test_cli_on_folders_with_class_sub_folders(tmp_path):
+    for split in ("trainA", "trainB", "testA", "testB"):
+        for label in ("3", "7"):
+            folder = tmp_path / "svhn2mnist" / split / label
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()).save(folder / f"{i}.png")
+    run(tmp_path, "--data", str(tmp_path / "svhn2mnist"), "--iteration", "2", "--print_freq", "2")
+    assert "cls" in logged(tmp_path / "runs/dagan/svhn2mnist")[0]  # labels from the class folders

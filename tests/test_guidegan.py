@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import guidegan
 from common.train import UsageError, build_parser
@@ -222,3 +223,15 @@ def test_cli_train_resume_exactly(tmp_path, argv, data):
 def test_cli_supervised_needs_paired_data(tmp_path):
     p = run(tmp_path, "--data", "shapes", "--iteration", "2", check=False)
     assert p.returncode == 2 and "shapes is unpaired" in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+def test_cli_on_a_pix2pix_folder(tmp_path):
+    """Side-by-side A|B images in train/ and val/, as the pix2pix data sets come."""
+    for split in ("train", "val"):
+        (tmp_path / "facades" / split).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(torch.randint(0, 256, (40, 80, 3), dtype=torch.uint8).numpy()).save(
+                tmp_path / "facades" / split / f"{i}.jpg")
+    run(tmp_path, "--data", str(tmp_path / "facades"), "--iteration", "2")
+    run(tmp_path, "--data", str(tmp_path / "facades"), "--phase", "test")
+    assert len(list((tmp_path / "runs/guidegan/facades/test/B2A").iterdir())) == 3
