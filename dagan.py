@@ -44,9 +44,10 @@ Where the paper is silent, our choices (each a flag where it is a number):
   and predicts the label. The regulariser is its cross-entropy; L_cst and L_sym compare the classifier's pooled
   features, d(u, v) = mean |φ(u) − φ(v)| (§3.2: "the distance of learned features by ... other networks"). The
   classifier itself learns only from the labels: were it trained on L_cst and L_sym, it could make φ constant.
-- Labels: by default only T's (MNIST-like): the unsupervised domain-adaptation setting of §4.3, in which S's labels
-  are unknown. --source_labels True also uses S's labels (Table 4 lists 10 labels for "MNIST & SVHN" without saying
-  whose). Unlabelled images (folders without class sub-folders) have no regulariser, as Table 4's CMP row.
+- Labels: Table 4 gives "MNIST & SVHN: 10 labels" for the regulariser, so by default both domains' labels train it
+  (and, through the classifier, the distance d). That uses S's labels, which a strict unsupervised domain adaptation
+  does not have: --source_labels False uses T's (MNIST-like) only. The evaluation classifier sees T's labels only
+  either way. Unlabelled images (folders without class sub-folders) have no regulariser, as Table 4's CMP row.
 - Losses as printed (Eq. 7-8, log loss), G with the non-saturating form log D(F(·)) (§3.3 writes it so for D2).
   α = β = 1 and the regulariser's weight 1: the paper gives no values. Adam betas (0.5, 0.999) (DCGAN's; the paper
   gives the learning rate only), no decay.
@@ -292,8 +293,8 @@ def add_arguments(parser):
     add_bool(parser, "--cst", True, "the consistency loss, Eq. 5 (False: Table 1a, w/o const)")
     add_bool(parser, "--sym", True, "the symmetry loss, Eq. 6 (False: Table 1a, w/o Sym)")
     add_bool(parser, "--D2", True, "the second discriminator, Eq. 8 (False: Table 1a, w/o D2)")
-    add_bool(parser, "--source_labels", False, "the regulariser also uses S's labels (default: T's only, the "
-                                                "unsupervised domain-adaptation setting)")
+    add_bool(parser, "--source_labels", True, "the regulariser uses S's labels too, Table 4 (False: T's only, the "
+                                               "unsupervised domain-adaptation setting)")
 
 
 def make_model(args, device):
