@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.metrics import cached_scorer
+from common.metrics import cached_scorer, fit_scorer
 
 TRAIN_SIZE = 5000
 TEST_SIZE = 500
@@ -176,18 +176,9 @@ def _batch(domain, indices):
 
 def train_classifier(domain, device, steps=800, batch_size=64, seed=0):
     """The MNIST-like classifier, trained on `domain` (B's training split) from `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = Classifier().to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(steps):
-        x, y = _batch(domain, torch.randint(len(domain), (batch_size,), generator=generator).tolist())
-        loss = F.cross_entropy(net(x.to(device)), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return net.eval()
+    def sample(generator):
+        return _batch(domain, torch.randint(len(domain), (batch_size,), generator=generator).tolist())
+    return fit_scorer(Classifier, sample, steps, 1e-3, seed, device)
 
 
 def classifier(cache_dir, img_size, seed, device, steps=800):

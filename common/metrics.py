@@ -186,6 +186,23 @@ def shapes_report(translate, testA: ShapesDomain, testB: ShapesDomain, device, b
     return report
 
 
+def fit_scorer(make_net, sample, steps, lr, seed, device):
+    """A scoring network trained by Adam on cross-entropy, deterministically from `seed`: `sample(generator)` gives
+    a batch (images, targets) drawn with that generator."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = make_net().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(steps):
+        x, y = sample(generator)
+        loss = F.cross_entropy(net(x.to(device)), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return net.eval()
+
+
 def cached_scorer(path, net, train, device):
     """A scoring network (digits' classifier, shapes_paired's segmenter) from `path`, or `train()`ed and saved there
     first (to a temporary file, then renamed: an interrupted run leaves no half file). In eval mode."""

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.metrics import cached_scorer
+from common.metrics import cached_scorer, fit_scorer
 
 TRAIN_SIZE = 2000
 TEST_SIZE = 100
@@ -168,20 +168,10 @@ class Segmenter(nn.Module):
 
 def train_segmenter(domain, device, steps=300, batch_size=8, seed=0):
     """The segmenter, trained on the real photos of `domain` (A's training split) and their classes."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = Segmenter().to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for _ in range(steps):
+    def sample(generator):
         indices = torch.randint(len(domain), (batch_size,), generator=generator).tolist()
-        x = torch.stack([domain.get(i) for i in indices]).to(device)
-        y = torch.stack([domain.classes(i) for i in indices]).to(device)
-        loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return net.eval()
+        return torch.stack([domain.get(i) for i in indices]), torch.stack([domain.classes(i) for i in indices])
+    return fit_scorer(Segmenter, sample, steps, 2e-3, seed, device)
 
 
 def segmenter(cache_dir, img_size, seed, device, steps=300):
