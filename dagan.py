@@ -35,7 +35,11 @@ Where the paper is silent, our choices (each a flag where it is a number):
   tenth of the side (3.2 px at 32 px), wide enough that several pixels pass gradient to the centre. RA-CNN's k = 10
   is per pixel, which at 32 px is an edge of 0.4 px: almost no gradient.
 - Box size. Eq. (2) writes w and h as "half of the width and half of the height of X"; we read them as the box's
-  half-width and half-height, fixed (f_loc predicts centres only, Eq. 1), at --box_size 0.5 of the side.
+  half-width and half-height, fixed (f_loc predicts centres only, Eq. 1), at --box_size 0.75 of the side: the box
+  must hold a whole digit of either domain, since DAE(t) is all that G sees of t (Eq. 6) and MNIST-like digits span
+  up to 0.7 of the side. Read literally (a box as large as X, --box_size 1), the box can only shift; at 0.5 it cut
+  the target's digits. SVHN-like -> MNIST-like accuracy after 1000 iterations of the preset: 0.44 at 0.5, 0.75 at
+  0.75, 0.63 at 1.
 - f_loc: conv, global average pool, linear, tanh; its last layer starts at zero, so every box starts centred.
 - Widths: E has ch, 2ch, 4ch channels (S -> S/4); G starts with a 3×3 conv from the N concatenated instances to
   4ch, then --n_res residual blocks, two up-sampling blocks and a 3×3 conv to RGB with tanh; D has three 4×4
@@ -72,7 +76,7 @@ DEFAULTS = {
     "ch": (32, "our choice"),
     "n_res": (4, "our choice: §3.4 says 'several'"),
     "n_boxes": (1, "Table 4: one region (the digit) for MNIST & SVHN"),
-    "box_size": (0.5, "our choice: fraction of the side the box covers"),
+    "box_size": (0.75, "our choice: fraction of the side the box covers (the docstring says why)"),
     "k": (20.0, "our choice: σ's steepness per normalised unit (the image spans 2 units)"),
     "alpha": (1.0, "α of Eq. 9; our choice, the paper gives none"),
     "beta": (1.0, "β of Eq. 9; our choice, the paper gives none"),

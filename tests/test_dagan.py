@@ -57,7 +57,7 @@ def test_boxes_start_centred_and_the_loss_reaches_the_centres():
     m = model()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     centres, halves = m.DAE.boxes(x)
-    assert torch.equal(centres, torch.zeros(2, 1, 2)) and torch.equal(halves, torch.full((2, 1, 2), 0.5))
+    assert torch.equal(centres, torch.zeros(2, 1, 2)) and torch.equal(halves, torch.full((2, 1, 2), 0.75))  # --box_size
     s, t, info = batch()
     m.train_step(s, t, info)  # f_loc's last layer moves off zero: now gradients reach it through the masks
     latent, centres = m.DAE(x)
@@ -71,7 +71,7 @@ def test_instances_are_E_of_each_region_concatenated():
     m.DAE.eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     latent, centres = m.DAE(x)
-    masks = box_masks(centres, torch.full_like(centres, 0.5), 32, 32, 20.0)
+    masks = box_masks(centres, torch.full_like(centres, 0.75), 32, 32, 20.0)
     expected = torch.cat([m.DAE.E(x * masks[:, i:i + 1]) for i in range(3)], 1)  # Eq. (3) with R_i = X ∘ M_i
     torch.testing.assert_close(latent, expected, atol=1e-5, rtol=1e-4)
     assert latent.shape == (2, 3 * 16, 8, 8)
