@@ -12,7 +12,7 @@ about (the geometric regulariser), and gives the distance d in which the latent 
 
 Map of the paper to this file:
     Eq. (1)  f_loc(E(X)) = centres (x_i, y_i)                    DAE.f_loc
-    Eq. (2)  box edges from the centre and half-sizes (w, h)     DAE.forward, --box_size
+    Eq. (2)  box edges from the centre and half-sizes (w, h)     DAE.boxes, --box_size
     Eq. (3)  Inst_i = E(R_i), concatenated along channels       DAE.forward
     Eq. (4)  M_i = soft box, σ with steepness k                 kernels/boxmask.py (box_crop, box_masks), --k
     §3.1     geometric regulariser E[d(Y, DAE(X))]               DAGAN.train_step ("cls"), Classifier
