@@ -69,6 +69,17 @@ SCHEME_DEFAULTS = {  # the flags above whose default is None, per scheme
 R_CURRICULUM, R_AFTER = 0.01, 0.5  # r of Eq. 9, §4.1
 # `python attentiongan.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes.
 SHAPES_PRESET = dict(img_size=64, ch=16, ndf=16, n_res=3, iteration=2000, print_freq=200, save_freq=500)
+# Table 1's rows for benchmarks/ablation.py: row -> the flags that make it, the full model first. The paper's
+# ablation is on AR Face, so every row takes scheme I with the face setting (the pixel loss exists only there);
+# "Full - AD - AG" is the no-attention row (CycleGAN's generator).
+ABLATIONS = {"Table 1": {
+    "Full": ["--scheme", "I"],
+    "Full - AD": ["--scheme", "I", "--attention_d", "False"],
+    "Full - AD - AG": ["--scheme", "I", "--attention_g", "False"],
+    "Full - AD - PL": ["--scheme", "I", "--attention_d", "False", "--pixel_weight", "0"],
+    "Full - AD - AL": ["--scheme", "I", "--attention_d", "False", "--tv_weight", "0"],
+    "Full - AD - PL - AL": ["--scheme", "I", "--attention_d", "False", "--pixel_weight", "0", "--tv_weight", "0"],
+}}
 
 
 # --- Networks -------------------------------------------------------------------------------------------------

@@ -85,6 +85,15 @@ DEFAULTS = {
 # `python dagan.py` with no --dataset: the embedded digits, SVHN-like -> MNIST-like, at a size a 2-core CPU trains
 # in minutes (benchmarks/train_step.py dagan --ch 16 --batch_size 32).
 SHAPES_PRESET = dict(dataset="digits", ch=16, batch_size=32, iteration=1000, print_freq=250, save_freq=500)
+# Table 1(a)'s rows for benchmarks/ablation.py: row -> the flags that make it, the full model first; "w/o DAE" is the
+# no-attention row.
+ABLATIONS = {"Table 1(a)": {
+    "DA-GAN": [],
+    "w/o DAE": ["--dae", "False"],
+    "w/o const": ["--cst", "False"],
+    "w/o Sym": ["--sym", "False"],
+    "w/o D2": ["--D2", "False"],
+}}
 
 
 # --- Networks -------------------------------------------------------------------------------------------------

@@ -79,6 +79,24 @@ DEFAULTS = {
 # trains in minutes (benchmarks/train_step.py guidegan --img_size 64 --ngf 16 --ndf 16).
 SHAPES_PRESET = dict(dataset="shapes_paired", img_size=64, ngf=16, ndf=16, iteration=3000, print_freq=500,
                      save_freq=500)
+# Tables 2 (supervised) and 1 (unsupervised) for benchmarks/ablation.py: row -> the flags that make it, each
+# table's full model first; attention × concatenation, and the no-attention row (pix2pix / CycleGAN).
+ABLATIONS = {
+    "Table 2 (supervised)": {
+        "post hoc, residual": [],
+        "post hoc, RGBA": ["--concat", "rgba"],
+        "RAM, residual": ["--attention", "ram"],
+        "RAM, RGBA": ["--attention", "ram", "--concat", "rgba"],
+        "none (pix2pix)": ["--attention", "none"],
+    },
+    "Table 1 (unsupervised)": {
+        "unsupervised post hoc, residual": ["--mode", "unsupervised"],
+        "unsupervised post hoc, RGBA": ["--mode", "unsupervised", "--concat", "rgba"],
+        "unsupervised RAM, residual": ["--mode", "unsupervised", "--attention", "ram"],
+        "unsupervised RAM, RGBA": ["--mode", "unsupervised", "--attention", "ram", "--concat", "rgba"],
+        "none (CycleGAN)": ["--mode", "unsupervised", "--attention", "none"],
+    },
+}
 
 
 # --- Networks -------------------------------------------------------------------------------------------------

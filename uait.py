@@ -60,6 +60,18 @@ DEFAULTS = {
 # costs 0.23 s there (benchmarks/train_step.py uait --img_size 64 --ch 16 --n_res 3), so 2000 take about 8 minutes;
 # the switch to stage 2 comes after 30% of them, as after epoch 30 of 100.
 SHAPES_PRESET = dict(img_size=64, ch=16, n_res=3, iteration=2000, print_freq=200, save_freq=500)
+# Table 2's rows for benchmarks/ablation.py: row -> the flags that make it, the full model first; "CycleGAN" is the
+# no-attention row (all-ones maps, whole-image discriminators: §3.1).
+ABLATIONS = {"Table 2": {
+    "Ours": [],
+    "Ours-cycle": ["--cycle", "False"],
+    "Ours-cycleAtt": ["--cycle_att", "False"],
+    "Ours-A_S": ["--A_S", "False"],
+    "Ours-A_T": ["--A_T", "False"],
+    "Ours-D": ["--masked_D", "False"],
+    "Ours-D-A": ["--masked_D", "False", "--freeze_A", "False"],
+    "CycleGAN": ["--A_S", "False", "--A_T", "False", "--masked_D", "False"],
+}}
 
 
 # --- Networks -------------------------------------------------------------------------------------------------

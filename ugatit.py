@@ -54,6 +54,18 @@ DEFAULTS = {
 }
 # `python ugatit.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes.
 SHAPES_PRESET = dict(img_size=64, ch=16, light=True, n_dis=5, iteration=2000, print_freq=200, save_freq=500)
+# Table 1's rows for benchmarks/ablation.py: row -> the flags that make it, the full model first. "w/o CAM" is the
+# no-attention row.
+ABLATIONS = {"Table 1": {
+    "U-GAT-IT": [],
+    "w/ IN": ["--norm", "in"],
+    "w/ LN": ["--norm", "ln"],
+    "w/ AdaIN": ["--norm", "adain"],
+    "w/ GN": ["--norm", "gn"],
+    "w/o CAM": ["--gen_cam", "False", "--dis_cam", "False"],
+    "w/o G_CAM": ["--gen_cam", "False"],
+    "w/o D_CAM": ["--dis_cam", "False"],
+}}
 
 
 # --- Networks -------------------------------------------------------------------------------------------------
