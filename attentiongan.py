@@ -174,6 +174,8 @@ def from_authors(state_dict):
 # --- Losses and the training step -------------------------------------------------------------------------------
 
 class AttentionGAN:
+    attention_scale = "probability"  # a sigmoid mask (scheme I), a sum of softmax masks (II) (common.metrics)
+
     def __init__(self, args, device):
         self.args = args
         make_G = {"I": lambda: SchemeI(args.ch, args.n_res),

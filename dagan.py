@@ -193,6 +193,7 @@ def bce(logits, real):
 class DAGAN:
     directions = ("A2B",)  # one mapping F: S -> T
     batch_info = True      # the labels Y of the geometric regulariser
+    attention_scale = "probability"  # the union of Eq. 4's soft masks, clamped at 1 (common.metrics)
 
     def __init__(self, args, device):
         self.DAE = DAE(args.ch, args.n_boxes, args.box_size, args.k, attend=args.dae).to(device)

@@ -242,6 +242,9 @@ class GuideGAN:
     def __init__(self, args, device):
         self.supervised = self.paired = args.mode == "supervised"
         self.attention = args.attention
+        # RAM's mask ends in a sigmoid; the post hoc map has no scale of its own, only Eq. 2's min-max per image
+        # (common.metrics).
+        self.attention_scale = "probability" if args.attention == "ram" else "unbounded"
         in_ch = 4 if args.attention != "none" and args.concat == "rgba" else 3
         if self.supervised:
             make_G = lambda: unet(in_ch, args.ngf, n_down(args.img_size), args.dropout)  # noqa: E731

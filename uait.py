@@ -122,6 +122,8 @@ def d_input(image, mask, masked, tau):
 # --- Losses and the training step -------------------------------------------------------------------------------
 
 class UAIT:
+    attention_scale = "probability"  # A_S, A_T end in a sigmoid (common.metrics)
+
     def __init__(self, args, device):
         # Instance norms without a learned scale and offset (common.blocks, as CycleGAN's PyTorch code; the authors'
         # TF code learns them).

@@ -256,6 +256,8 @@ def from_authors(state_dict):
 # --- Losses and the training step -------------------------------------------------------------------------------
 
 class UGATIT:
+    attention_scale = "unbounded"  # the CAM heatmap, a sum of ReLU features (common.metrics)
+
     def __init__(self, args, device):
         g = dict(ch=args.ch, n_res=args.n_res, img_size=args.img_size, light=args.light, norm=args.norm,
                  gen_cam=args.gen_cam, img_ch=args.img_ch)

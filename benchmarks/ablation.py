@@ -253,8 +253,10 @@ def main(argv=None):
           f"{len(plan) - len(pending)} of {len(plan)} done; {len(pending)} to run, {args.jobs} at a time -> {args.out}")
 
     # One thread per run, so that J runs share J cores without oversubscribing them; PYTHONUNBUFFERED keeps each
-    # log.txt current for `tail -f`.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # log.txt current for `tail -f`. One scorer folder for all runs: every run is judged by the same segmenter or
+    # classifier (the scorers' seed is fixed), trained once instead of once per run.
+    env = {"ATTNGAN_SCORERS": str(args.out / "scorers"), **os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
     running, eta_told, done_now, stop = {}, False, 0, {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda number, _: stop.setdefault("signal", number))

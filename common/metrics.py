@@ -11,12 +11,30 @@ object is, which gives three numbers per direction (A2B: apples -> oranges, B2A:
   [0, 1], from the fixed scorer ``target_score`` (colour and texture, no learnt weights).
   For A2B it is the score itself, for B2A it is ``1 - score``. Real images of the target
   domain score about 0.98, real images of the source domain about 0.02.
-* ``iou``: intersection over union between the translator's attention map (thresholded at
-  half its range) and the object mask: does the model look where the difference is?
+* ``iou`` and ``auc``: does the translator's attention map mark the object? ``iou`` is the
+  intersection over union of the map thresholded at 0.5 with the object mask; ``auc`` the
+  ROC-AUC of the map's values as a ranking of object pixels above background pixels (1: every
+  object pixel above every background pixel, 0.5: no better than chance), threshold-free.
 
-An identity mapping gets bg_psnr = 100 (the cap) and target ~ 0.02; a perfect translator
-gets a high bg_psnr (it may only change the object and its anti-aliased rim), target ~ 0.98,
-and an iou close to 1 when its attention marks the object.
+How a map is read depends on what the paper defines it as (``attention_scale``):
+* "probability": a map in [0, 1] by construction, meaning "how much of the output comes from
+  the translation here": UAIT's A_S/A_T and AttentionGAN's masks (sigmoids, softmaxes), DA-GAN's
+  soft box masks, GuideGAN's RAM mask (a sigmoid). It is thresholded at 0.5 on its own scale:
+  a mask that stays below 0.5 inside the object has not marked it, however it is shaped.
+* "unbounded": a map with no scale of its own: U-GAT-IT's CAM heatmap (a sum of ReLU
+  features) and GuideGAN's post hoc map (Eq. 2's min-max per image of conv features). Its
+  values are min-max normalised once over the whole test set of a direction, never per image:
+  a per-image rescaling would stretch a weak map with one bright halo off the object until the
+  halo counted as the object, rewarding contrast rather than a map that finds the object.
+``auc`` does not depend on either choice (only the order of values within an image counts).
+
+Every report holds, beside the model's numbers, their floor and ceiling:
+``identity/<dir>/bg_psnr`` and ``identity/<dir>/target`` (output = input: bg_psnr at the cap,
+target ~ 0.02), ``real/<dir>/target`` (the target domain's real test images, ~ 0.98), and for
+a model with attention ``uniform/<dir>/iou`` and ``uniform/<dir>/auc`` (a map that marks every
+pixel: iou = the object's share of the image, auc = 0.5). A perfect translator gets a high
+bg_psnr (it may only change the object and its anti-aliased rim), target ~ 0.98, and iou and
+auc close to 1 when its attention marks the object.
 
 The object is judged inside the INPUT's mask, since a translator is expected to keep the
 object where it was.
@@ -135,18 +153,44 @@ def target_score(img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(SCORER_GAIN * cues)
 
 
+ATTENTION_SCALES = ("probability", "unbounded")
+
+
+def on_scale(attention: torch.Tensor, scale: str) -> torch.Tensor:
+    """The maps of a whole test set (N x 1 x h x w) on [0, 1]: as they are ("probability"), or min-max normalised
+    over the set ("unbounded"; a constant set marks nothing)."""
+    if scale not in ATTENTION_SCALES:
+        raise ValueError(f"attention scale {scale!r}: one of {ATTENTION_SCALES}")
+    attention = attention.double()
+    if scale == "probability":
+        return attention
+    low, span = attention.min(), attention.max() - attention.min()
+    return (attention - low) / span if span > 0 else torch.zeros_like(attention)
+
+
 def attention_iou(attention: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """IoU between each min-max normalised, upsampled, thresholded map and its mask."""
-    attention = attention.float()
-    low = attention.amin(dim=(1, 2, 3), keepdim=True)
-    span = attention.amax(dim=(1, 2, 3), keepdim=True) - low
-    # A constant map marks nothing rather than everything.
-    normalised = torch.where(span > 0, (attention - low) / span.clamp(min=1e-12), 0.0)
-    resized = F.interpolate(normalised, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+    """IoU of each map on [0, 1] (upsampled to the mask, thresholded) with its mask, one value per image."""
+    resized = F.interpolate(attention.double(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
     marked, target = resized > threshold, mask > 0.5
-    intersection = (marked & target).sum(dim=(1, 2, 3)).float()
-    union = (marked | target).sum(dim=(1, 2, 3)).float()
+    intersection = (marked & target).sum(dim=(1, 2, 3)).double()
+    union = (marked | target).sum(dim=(1, 2, 3)).double()
     return torch.where(union > 0, intersection / union.clamp(min=1.0), 1.0)
+
+
+def attention_auc(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ROC-AUC of each (upsampled) map as a score for "object pixel", one value per image: the Mann-Whitney
+    statistic, the chance that an object pixel outranks a background pixel, ties counting half."""
+    resized = F.interpolate(attention.double(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
+    aucs = []
+    for values, target in zip(resized.flatten(1), mask.flatten(1) > 0.5):
+        unique, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
+        ranks = (counts.cumsum(0) - (counts - 1) / 2.0)[inverse]  # 1-based ranks, ties at their mean
+        positives, negatives = target.sum().item(), (~target).sum().item()
+        if positives == 0 or negatives == 0:
+            aucs.append(float("nan"))  # no object, or nothing but object: nothing to rank
+            continue
+        aucs.append((ranks[target].sum().item() - positives * (positives + 1) / 2) / (positives * negatives))
+    return torch.tensor(aucs, dtype=torch.float64)
 
 
 def _load(dataset: ShapesDomain, indices: range) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,65 +198,94 @@ def _load(dataset: ShapesDomain, indices: range) -> tuple[torch.Tensor, torch.Te
     return images, torch.stack([dataset.mask(i) for i in indices])
 
 
-def _direction_sums(translate, dataset: ShapesDomain, direction: str, device, batch_size, count):
-    sums = {"bg_psnr": 0.0, "target": 0.0}
+def _looks_like_target(images, mask, direction):
+    score = target_score(images, mask)
+    return score if direction == "A2B" else 1.0 - score
+
+
+def _direction(translate, source: ShapesDomain, target: ShapesDomain, direction: str, device, batch_size, count,
+               attention_scale):
+    """The mean of each score over the first `count` test images of one direction, with its references."""
+    scores, maps, masks = {}, [], []
+
+    def add(key, values):
+        scores.setdefault(key, []).append(values.double())
     for start in range(0, count, batch_size):
-        x, mask = _load(dataset, range(start, min(start + batch_size, count)))
+        indices = range(start, min(start + batch_size, count))
+        x, mask = _load(source, indices)
         y, attention = translate(x.to(device), direction)
         y = y.float().cpu()
-        score = target_score(y, mask)
-        sums["bg_psnr"] += background_psnr(x, y, mask).sum().item()
-        sums["target"] += (score if direction == "A2B" else 1.0 - score).sum().item()
+        add("bg_psnr", background_psnr(x, y, mask))
+        add("target", _looks_like_target(y, mask, direction))
+        add("identity/bg_psnr", background_psnr(x, x, mask))
+        add("identity/target", _looks_like_target(x, mask, direction))
+        add("real/target", _looks_like_target(*_load(target, indices), direction))
+        masks.append(mask)
         if attention is not None:  # a translator without attention (CycleGAN) has no iou
-            sums["iou"] = sums.get("iou", 0.0) + attention_iou(attention.float().cpu(), mask).sum().item()
-    return sums
+            maps.append(attention.float().cpu())
+    mask = torch.cat(masks)
+    if maps:
+        # The whole set's maps at once: an unbounded map is put on [0, 1] by one normalisation for all of them.
+        attention = on_scale(torch.cat(maps), attention_scale)
+        add("iou", attention_iou(attention, mask))
+        add("auc", attention_auc(attention, mask))
+        add("uniform/iou", attention_iou(torch.ones_like(attention), mask))
+        add("uniform/auc", attention_auc(torch.ones_like(attention), mask))
+    return {key: torch.cat(values).nanmean().item() for key, values in scores.items()}
 
 
 def shapes_report(translate, testA: ShapesDomain, testB: ShapesDomain, device, batch_size: int = 16,
-                  limit: int | None = None, directions=("A2B", "B2A")) -> dict[str, float]:
-    """Mean bg_psnr, target and iou of each direction over the first ``limit`` test images.
+                  limit: int | None = None, directions=("A2B", "B2A"),
+                  attention_scale: str = "probability") -> dict[str, float]:
+    """Mean bg_psnr, target, iou and auc of each direction over the first ``limit`` test images, with their floors
+    (``identity/``, ``uniform/``) and ceiling (``real/``).
 
     ``translate(x, direction)`` gets a batch on ``device`` and "A2B" or "B2A" and returns the
-    translated batch and an attention map (N x 1 x h x w, any scale and resolution) or None.
+    translated batch and an attention map (N x 1 x h x w, any resolution, on ``attention_scale``) or None.
     """
-    report = {}
+    model, references = {}, {}
     with torch.no_grad():
-        for direction, dataset in (("A2B", testA), ("B2A", testB)):
+        for direction, source, target in (("A2B", testA, testB), ("B2A", testB, testA)):
             if direction not in directions:
                 continue
-            count = len(dataset) if limit is None else min(limit, len(dataset))
-            sums = _direction_sums(translate, dataset, direction, device, batch_size, count)
-            report.update({f"{direction}/{key}": total / count for key, total in sums.items()})
-    return report
+            count = len(source) if limit is None else min(limit, len(source), len(target))
+            scores = _direction(translate, source, target, direction, device, batch_size, count, attention_scale)
+            for key, value in scores.items():
+                kind, _, name = key.rpartition("/")  # "identity/target" -> identity/A2B/target
+                (references if kind else model)[f"{kind + '/' if kind else ''}{direction}/{name}"] = value
+    return {**model, **references}
 
 
 def fit_scorer(make_net, sample, steps, lr, seed, device):
     """A scoring network trained by Adam on cross-entropy, deterministically from `seed`: `sample(generator)` gives
-    a batch (images, targets) drawn with that generator."""
+    a batch (images, targets) drawn with that generator. Gradients on: it is trained on first use, which may be
+    inside an evaluation (common.train.evaluating)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = make_net().to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    for _ in range(steps):
-        x, y = sample(generator)
-        loss = F.cross_entropy(net(x.to(device)), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    with torch.enable_grad():
+        for _ in range(steps):
+            x, y = sample(generator)
+            loss = F.cross_entropy(net(x.to(device)), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
     return net.eval()
 
 
 def cached_scorer(path, net, train, device):
     """A scoring network (digits' classifier, shapes_paired's segmenter) from `path`, or `train()`ed and saved there
-    first (to a temporary file, then renamed: an interrupted run leaves no half file). In eval mode."""
+    first (to a temporary file of this process, then renamed: an interrupted run leaves no half file, and runs that
+    train the same scorer at once each write a whole one). In eval mode."""
     path = Path(path)
     if path.exists():
         net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         return net.to(device).eval()
     net = train()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(net.state_dict(), tmp)
     os.replace(tmp, path)
     return net.eval()

@@ -24,6 +24,7 @@ Exact resume: a training batch is a pure function of (--seed, step) (common.data
 holds the networks, the optimizers, the learning-rate schedule, the step and the RNG states.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -272,14 +273,31 @@ class Run:
             os.replace(tmp, self.log)
 
 
+@contextlib.contextmanager
+def evaluating(model):
+    """Every network in eval mode (dropout off, batch norm on its running statistics, which then stay as they are),
+    no gradients, and every RNG put back afterwards: an evaluation or a sample grid in the middle of training leaves
+    the training exactly where it was, and scores what `--phase test` scores with the same weights."""
+    modes = [(m, m.training) for net in model.nets.values() for m in net.modules()]
+    state = rng_state()
+    try:
+        for net in model.nets.values():
+            net.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        set_rng_state(state)
+
+
 def panels(model, x, direction):
     """The tiles shown for a batch x: the model's own `visuals`, or input | attention over the input | output.
     Returns the translation too (the last tile)."""
-    with torch.no_grad():
-        if hasattr(model, "visuals"):
-            tiles = model.visuals(x, direction)
-            return tiles, tiles[-1]
-        y, att = model.translate(x, direction)
+    if hasattr(model, "visuals"):
+        tiles = model.visuals(x, direction)
+        return tiles, tiles[-1]
+    y, att = model.translate(x, direction)
     return [x, torch.stack([overlay(x[i], att[i]) for i in range(len(x))]) if att is not None else x, y], y
 
 
@@ -297,8 +315,7 @@ def sample_grid(model, A, B, device, n=4):
         x = torch.stack([domain.get(i) for i in range(min(n, len(domain)))]).to(device)
         tiles, y = panels(model, x, direction)
         if back in directions(model):
-            with torch.no_grad():
-                tiles = tiles + [model.translate(y, back)[0]]
+            tiles = tiles + [model.translate(y, back)[0]]
         rows += [[t[i] for t in tiles] for i in range(len(x))]
     return grid(rows)
 
@@ -385,8 +402,7 @@ def train(model, args, data, run, device):
                 run.write_log({"step": step, "time": round(time.time() - t0, 3),
                                "lr": next(iter(model.optimizers.values())).param_groups[0]["lr"], **values})
             if step % args.print_freq == 0 or step == args.iteration:
-                # Its own RNG: a model that draws while translating (dropout) must not shift the training's draws.
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                with evaluating(model):
                     sample_grid(model, show_A, show_B, device).save(run.samples / f"{step:07d}.png")
             if step % args.save_freq == 0 or step == args.iteration or stop.set:
                 save_checkpoint(run.checkpoint, model, schedulers, step, args)
@@ -401,20 +417,36 @@ def train(model, args, data, run, device):
 
 
 def evaluate(model, args, data, run, step, device):
-    """The embedded data set's own measures (common.metrics, common.shapes_paired, common.digits). Networks that
-    score images (a segmenter, a classifier) are trained once and kept in <result_dir>/scorers/ (or in
-    $ATTNGAN_SCORERS: the tests share one across their runs)."""
-    if args.dataset == "shapes":
-        from common.metrics import shapes_report
-        report = shapes_report(model.translate, data["testA"], data["testB"], device, directions=directions(model))
-    else:
-        from importlib import import_module
-        scorers = Path(os.environ.get("ATTNGAN_SCORERS", Path(args.result_dir) / "scorers"))
-        report = import_module(f"common.{args.dataset}").report(model.translate, data, device, scorers,
-                                                                 directions=directions(model))
+    """The embedded data set's own measures (common.metrics, common.shapes_paired, common.digits), the one path that
+    both the end of training and `--phase test` take. Beside the model's numbers (`A2B/...`) the report holds their
+    floor, `identity/...` (output = input) and `uniform/...` (an attention map that marks everything), and their
+    ceiling, `real/...`. Networks that score images (a segmenter, a classifier) are trained once and kept in
+    <result_dir>/scorers/ (or in $ATTNGAN_SCORERS: the tests share one across their runs)."""
+    with evaluating(model):
+        if args.dataset == "shapes":
+            from common.metrics import shapes_report
+            report = shapes_report(model.translate, data["testA"], data["testB"], device,
+                                   directions=directions(model), attention_scale=model.attention_scale)
+        else:
+            from importlib import import_module
+            scorers = Path(os.environ.get("ATTNGAN_SCORERS", Path(args.result_dir) / "scorers"))
+            report = import_module(f"common.{args.dataset}").report(model.translate, data, device, scorers,
+                                                                    directions=directions(model))
     run.write_log({"step": step, "eval": report})
-    print(f"{args.dataset} evaluation (test sets): " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+    print(f"{args.dataset} evaluation (test sets): {format_report(report)}")
     return report
+
+
+def format_report(report):
+    """The model's numbers first, then each reference: 'A2B/target 0.981, ...; identity: A2B/target 0.021, ...'."""
+    groups = {}
+    for key, value in report.items():
+        kind = key.split("/")[0] if key.split("/")[0] in REFERENCES else ""
+        groups.setdefault(kind, []).append(f"{key.removeprefix(kind + '/')} {value:.3f}")
+    return "; ".join((f"{kind}: " if kind else "") + ", ".join(items) for kind, items in groups.items())
+
+
+REFERENCES = ("identity", "uniform", "real")  # the report's floors and ceiling, beside the model's own numbers
 
 
 def translate_all(model, domain, direction, out, device, batch_size=8):
@@ -437,17 +469,17 @@ def test(model, args, data, run, device):
         state = load_checkpoint(run.checkpoint)
         load_nets(model.nets, state["nets"], run.checkpoint)
         step = state["step"]
-    for net in model.nets.values():
-        net.eval()
     if args.input is not None:
-        translate_all(model, FolderDomain(args.input, args.img_size, train=False), args.direction,
-                      run.test / f"{args.direction}_{Path(args.input).stem}", device)
+        with evaluating(model):
+            translate_all(model, FolderDomain(args.input, args.img_size, train=False), args.direction,
+                          run.test / f"{args.direction}_{Path(args.input).stem}", device)
         return
     if data["testA"] is None or data["testB"] is None:
         raise UsageError(f"{args.dataset}: no testA/ and testB/ folders to translate (or use --input PATH)")
-    for direction, domain in (("A2B", data["testA"]), ("B2A", data["testB"])):
-        if direction in directions(model):
-            translate_all(model, domain, direction, run.test / direction, device)
+    with evaluating(model):
+        for direction, domain in (("A2B", data["testA"]), ("B2A", data["testB"])):
+            if direction in directions(model):
+                translate_all(model, domain, direction, run.test / direction, device)
     if args.dataset in EMBEDDED:
         report = evaluate(model, args, data, run, step, device)
         (run.test / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.metrics import attention_iou, background_psnr, shapes_report, target_score
+from common.metrics import attention_auc, attention_iou, background_psnr, on_scale, shapes_report, target_score
 from common.shapes import TEST_SIZE, TRAIN_SIZE, ShapesDomain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,36 +211,103 @@ def test_background_psnr_is_per_image():
     assert torch.allclose(psnr, expected, atol=1e-3)
 
 
-# ----------------------------------------------------------------------------- attention_iou
+# ----------------------------------------------------------------------------- attention metrics
 
 
-def test_attention_iou(test_sets_64):
+def _auc_by_pairs(values, target):
+    """ROC-AUC written out: over every (object, background) pixel pair, 1 if the object pixel ranks higher, 1/2
+    for a tie."""
+    pos, neg = values[target].double(), values[~target].double()
+    wins = (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
+    return wins.mean().item()
+
+
+def test_auc_is_the_pairwise_ranking_with_ties_halved():
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randint(0, 5, (3, 1, 12, 12), generator=generator).double()  # few levels: many ties
+    masks = (torch.rand(3, 1, 12, 12, generator=generator) < 0.3).double()
+    expected = [_auc_by_pairs(maps[i].flatten(), masks[i].flatten() > 0.5) for i in range(3)]
+    assert torch.allclose(attention_auc(maps, masks), torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+
+
+def test_hand_made_masks_score_what_they_should(test_sets_64):
     _, masks = test_sets_64["A"]
-    quarter = F.avg_pool2d(masks, 4)
-    assert (attention_iou(quarter, masks) > 0.8).all()
-    assert (attention_iou(1000 * quarter - 3, masks) > 0.8).all()  # any scale and offset
-    assert (attention_iou(1 - quarter, masks) < 0.2).all()
-    assert torch.equal(attention_iou(torch.full_like(quarter, 7.0), masks), torch.zeros(TEST_SIZE))
-    assert attention_iou(torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 16, 16)).item() == 1.0
+    object_px = masks > 0.5
+    binary = object_px.double()
+    # A bright disc off the object: the top-left or bottom-right corner, whichever the object is farther from.
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    halo = torch.zeros_like(masks, dtype=torch.bool)
+    for i in range(len(masks)):
+        for cy, cx in ((6, 6), (57, 57), (6, 57), (57, 6)):
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 25
+            if not (F.max_pool2d(masks[i:i + 1], 9, 1, 4)[0, 0] > 0)[disc].any():
+                halo[i, 0] = disc
+                break
+    assert halo.flatten(1).any(1).all()
+
+    def scores(attention, scale="probability"):
+        attention = on_scale(attention, scale)
+        return attention_iou(attention, masks), attention_auc(attention, masks)
+
+    iou, auc = scores(binary)                                             # perfect
+    assert torch.allclose(iou, torch.ones(TEST_SIZE, dtype=torch.float64)) and (auc > 0.999).all()
+    iou, auc = scores(torch.zeros_like(masks))                            # empty
+    assert (iou == 0).all() and torch.allclose(auc, torch.full_like(auc, 0.5))
+    weak = torch.where(halo, 1.0, 0.2 * binary)                           # weak inside, a bright halo outside
+    iou, auc = scores(weak)
+    assert (iou == 0).all()  # the halo is all it marks
+    # AUC: object pixels (0.2) rank above every background pixel (0) but the halo's (1).
+    background, halo_px = (~object_px).flatten(1).sum(1), halo.flatten(1).sum(1)
+    assert torch.allclose(auc, 1 - halo_px.double() / background, atol=1e-9)
+    inside = 0.3 * binary                                                 # uniformly 0.3 inside
+    iou, auc = scores(inside)
+    assert (iou == 0).all() and (auc > 0.999).all()  # a probability that never reaches 0.5 marks nothing
+    iou, _ = scores(inside, "unbounded")
+    assert (iou > 0.99).all()  # the same values as an unbounded map: the set's maximum is the object
+
+
+def test_unbounded_maps_share_one_normalisation(test_sets_64):
+    _, masks = test_sets_64["A"]
+    strength = torch.linspace(0.1, 1.0, TEST_SIZE).view(-1, 1, 1, 1)
+    maps = 1000 * strength * masks - 3  # any offset and scale, weaker in the first images
+    iou = attention_iou(on_scale(maps, "unbounded"), masks)
+    assert (iou[strength.flatten() < 0.45] == 0).all() and (iou[strength.flatten() > 0.55] > 0.99).all()
+    assert (on_scale(torch.full_like(maps, 7.0), "unbounded") == 0).all()  # a constant set marks nothing
+    with pytest.raises(ValueError):
+        on_scale(maps, "percent")
 
 
 # ----------------------------------------------------------------------------- shapes_report
 
 
-def test_shapes_report_of_identity_and_of_a_constant_image():
+def test_shapes_report_floors_and_ceilings():
     test_a, test_b = ShapesDomain("A", "test", 64), ShapesDomain("B", "test", 64)
 
     def identity(x, direction):
-        return x, x.mean(dim=1, keepdim=True)
-
-    def grey(x, direction):
-        return torch.zeros_like(x), torch.ones_like(x[:, :1])
+        return x, None
 
     report = shapes_report(identity, test_a, test_b, "cpu", batch_size=6, limit=16)
-    assert set(report) == {f"{d}/{k}" for d in ("A2B", "B2A") for k in ("bg_psnr", "target", "iou")}
+    model = {f"{d}/{k}" for d in ("A2B", "B2A") for k in ("bg_psnr", "target")}
+    assert set(report) == model | {f"identity/{k}" for k in model} | {f"real/{d}/target" for d in ("A2B", "B2A")}
     assert all(isinstance(value, float) for value in report.values())
+    for key in model:  # the identity is its own floor
+        assert report[key] == report[f"identity/{key}"]
     assert report["A2B/bg_psnr"] == report["B2A/bg_psnr"] == 100.0
     assert report["A2B/target"] < 0.1 and report["B2A/target"] < 0.1
-    constant = shapes_report(grey, test_a, test_b, "cpu", limit=16)
-    assert constant["A2B/bg_psnr"] < 20 and constant["B2A/bg_psnr"] < 20
-    assert constant["A2B/iou"] == constant["B2A/iou"] == 0.0
+    assert report["real/A2B/target"] > 0.9 and report["real/B2A/target"] > 0.9
+
+    def grey_with_true_masks(domain):
+        served = iter(range(16))
+
+        def translate(x, direction):
+            masks = torch.stack([domain[direction].mask(next(served)) for _ in range(len(x))])
+            return torch.zeros_like(x), masks
+        return translate
+    for direction in ("A2B", "B2A"):
+        seen = shapes_report(grey_with_true_masks({"A2B": test_a, "B2A": test_b}), test_a, test_b, "cpu",
+                             batch_size=6, limit=16, directions=(direction,))
+        assert seen[f"{direction}/bg_psnr"] < 20
+        assert seen[f"{direction}/iou"] > 0.99 and seen[f"{direction}/auc"] > 0.999  # the ceiling
+        assert seen[f"uniform/{direction}/auc"] == 0.5  # a map that marks everything ranks nothing
+        share = torch.stack([test_a.mask(i) if direction == "A2B" else test_b.mask(i) for i in range(16)])
+        assert abs(seen[f"uniform/{direction}/iou"] - (share > 0.5).double().mean().item()) < 1e-9
