@@ -161,9 +161,10 @@ def slug(name):
 
 
 def pick_rows(spec, ablations, script):
-    """--rows: names joined by commas, where a name may hold a comma itself (GuideGAN's "RAM, RGBA"): the longest
-    run of pieces that spells a row wins. Each picked row brings its table's full model (the differences need it)."""
-    names = {row: table for table, rows in ablations.items() for row in rows}
+    """--rows: row or table names joined by commas, where a name may hold a comma itself (GuideGAN's "RAM, RGBA"):
+    the longest run of pieces that spells a name wins. A table's name picks all its rows; each picked row brings its
+    table's full model (the differences need it)."""
+    names = {row: [row] for rows in ablations.values() for row in rows} | {t: list(r) for t, r in ablations.items()}
     if spec == "all":
         return {table: list(rows) for table, rows in ablations.items()}
     picked, parts = set(), spec.split(",")
@@ -172,11 +173,11 @@ def pick_rows(spec, ablations, script):
             if ",".join(parts[:k]).strip() in names:
                 break
         else:
-            raise UsageError(f"unknown row {parts[0].strip()!r}; {script}'s rows: "
+            raise UsageError(f"unknown row {parts[0].strip()!r}; {script}'s tables and rows: "
                              + ", ".join(json.dumps(n) for n in names))
-        row = ",".join(parts[:k]).strip()
-        picked |= {row, next(iter(ablations[names[row]]))}
+        picked |= set(names[",".join(parts[:k]).strip()])
         parts = parts[k:]
+    picked |= {next(iter(rows)) for rows in ablations.values() if picked & set(rows)}
     return {t: [r for r in rows if r in picked] for t, rows in ablations.items() if picked & set(rows)}
 
 

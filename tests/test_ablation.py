@@ -153,3 +153,10 @@ def test_row_names_may_hold_commas():
     tables = ablation.pick_rows("RAM, RGBA,none (CycleGAN)", guidegan.ABLATIONS, "guidegan")
     assert tables == {"Table 2 (supervised)": ["post hoc, residual", "RAM, RGBA"],
                       "Table 1 (unsupervised)": ["unsupervised post hoc, residual", "none (CycleGAN)"]}
+
+
+def test_a_table_name_picks_all_its_rows():
+    import guidegan
+    tables = ablation.pick_rows("Table 1 (unsupervised),RAM, RGBA", guidegan.ABLATIONS, "guidegan")
+    assert tables == {"Table 2 (supervised)": ["post hoc, residual", "RAM, RGBA"],
+                      "Table 1 (unsupervised)": list(guidegan.ABLATIONS["Table 1 (unsupervised)"])}
