@@ -37,14 +37,28 @@ def test_b_is_grey_ink_on_black_and_a_is_cluttered():
     assert (a == -1).float().mean() < 0.05 and (a[0] - a[1]).abs().mean() > 0.05
 
 
-def test_report_and_cache(tmp_path):
+def test_report_floor_ceiling_and_cache(tmp_path):
     data = {f"test{d}": DigitsDomain(d, "test", 32) for d in "AB"}
     identity = lambda x, direction: (x, None)  # noqa: E731
     first = digits.report(identity, data, torch.device("cpu"), tmp_path, steps=60)
-    assert set(first) == {"B/accuracy", "A/accuracy", "A2B/accuracy"}
-    assert first["A2B/accuracy"] == first["A/accuracy"] < first["B/accuracy"]  # A is harder; identity adapts nothing
-    assert first["B/accuracy"] > 0.5
+    assert set(first) == {"A2B/accuracy", "identity/A2B/accuracy", "real/A2B/accuracy"}
+    # A translation that adapts nothing scores as untranslated A does: about chance (0.112 measured).
+    assert first["A2B/accuracy"] == first["identity/A2B/accuracy"] < 0.2
+    assert first["real/A2B/accuracy"] > 0.95  # 0.996 measured
     assert [p.name for p in tmp_path.iterdir()] == ["digits_classifier_32px_seed0_steps60.pt"]
     assert digits.report(identity, data, torch.device("cpu"), tmp_path, steps=60) == first  # loaded, not retrained
     blank = lambda x, direction: (torch.full_like(x, -1), None)  # noqa: E731
     assert digits.report(blank, data, torch.device("cpu"), tmp_path, steps=60)["A2B/accuracy"] < 0.2
+
+    # A perfect translation: each A test image becomes a real B test image of its digit.
+    testA, testB = data["testA"], data["testB"]
+    of_digit = {d: [i for i in range(len(testB)) if testB.label(i) == d] for d in range(10)}
+
+    def perfect(x, direction):
+        found = [next(i for i in range(len(testA)) if torch.equal(testA.get(i), image)) for image in x]
+        return torch.stack([testB.get(of_digit[testA.label(i)][i % len(of_digit[testA.label(i)])])
+                            for i in found]), None
+
+    r = digits.report(perfect, data, torch.device("cpu"), tmp_path, steps=60)
+    assert r["identity/A2B/accuracy"] == first["identity/A2B/accuracy"]
+    assert r["A2B/accuracy"] > 0.95 and abs(r["A2B/accuracy"] - r["real/A2B/accuracy"]) < 0.02
