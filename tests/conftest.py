@@ -10,12 +10,6 @@ if not torch.cuda.is_available():
     # Without a GPU the Triton kernels run in Triton's interpreter, on CPU tensors (set before triton is imported).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# The exact-resume tests compare two processes' losses bit for bit. MKL may pick its thread count per call while
-# the machine is busy (MKL_DYNAMIC), which changes a matmul's summation order: fixed for the scripts these tests
-# start. (Two of three CI runs saw the losses of two fresh processes differ from iteration 1 on; whether this is the
-# cause is not yet shown.)
-os.environ.setdefault("MKL_DYNAMIC", "FALSE")
-
 # The scripts' evaluations train their scoring networks once per folder: one folder for the whole session.
 os.environ.setdefault("ATTNGAN_SCORERS", tempfile.mkdtemp(prefix="attngan-scorers-"))
 
