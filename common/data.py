@@ -2,8 +2,9 @@
 preprocessing, and resumable sampling.
 
 A data set is a folder `<root>/<name>/` with four sub-folders `trainA`, `trainB`, `testA`, `testB`, each holding the
-images of one domain (A or B) for one phase. Every image format PIL reads is accepted; whatever its mode, an image is
-turned into 8-bit RGB before the transform. Images in class sub-folders (`trainB/0/`, `trainB/1/`, ..., as
+images of one domain (A or B) for one phase. Every image format PIL reads is accepted; a photo's EXIF orientation is
+applied; whatever its mode, an image is turned into 8-bit RGB before the transform. A file PIL cannot read is skipped
+with a warning (see FolderDomain). Images in class sub-folders (`trainB/0/`, `trainB/1/`, ..., as
 torchvision's ImageFolder) carry those classes as labels (DA-GAN's regulariser uses them).
 
 Paired data (supervised GuideGAN, pix2pix) is read from either layout: pix2pix's, `<name>/train/` and `<name>/test/`
@@ -22,6 +23,7 @@ resumed at step n sees exactly the batches the uninterrupted run would have seen
 import os
 import shutil
 import tempfile
+import time
 import urllib.request
 import warnings
 import zipfile
@@ -29,8 +31,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 
 class DataError(Exception):
@@ -145,7 +148,9 @@ def _readable(path: Path) -> bool:
     # Any exception means PIL cannot read the file; which one depends on the format plugin.
     try:
         with Image.open(path) as im:
-            im.verify()  # checks structure (and PNG checksums) without decoding every pixel: fast on large sets
+            # Checks the structure (and PNG checksums) without decoding the pixels: fast on large sets, but a
+            # truncated JPEG passes; FolderDomain skips such files when they are drawn.
+            im.verify()
         return True
     except Exception:
         return False
@@ -174,25 +179,51 @@ def _find_images(path: Path) -> list[Path]:
 
 
 class FolderDomain(Dataset):
-    """The images of one domain: a folder (searched recursively) or a single image file."""
+    """The images of one domain: a folder (searched recursively) or a single image file.
+
+    A file that passes the scan but fails to decode when drawn (a truncated JPEG) is skipped with a warning, and the
+    next file that decodes (index i + 1, i + 2, ..., cyclically) stands in for it in `get`, `name` and `label`.
+    Whether a file decodes depends on the file alone, so a batch stays a pure function of (seed, step): a resumed
+    run, or another DataLoader worker, finds the same stand-in. Decoding every file at the scan instead would add
+    minutes to every start and resume of a 100k-image folder, for files that are rarely broken.
+    """
 
     def __init__(self, path: str | Path, img_size: int, train: bool):
         self.path = Path(path)
         self.img_size = img_size
         self.train = train
         self.files = _find_images(self.path)
+        self._broken: set[int] = set()  # indices found not to decode (by this process)
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _decode(self, i: int) -> Image.Image:
+        with Image.open(self.files[i]) as im:
+            im.load()  # decode while the file is open
+            ImageOps.exif_transpose(im, in_place=True)  # a camera's Orientation tag: the photo as it was taken
+            return to_rgb(im)
+
+    def _from(self, i: int):
+        """Indices i, i + 1, ... (cyclically, each once), without those known not to decode."""
+        return (j for j in ((i + d) % len(self.files) for d in range(len(self.files))) if j not in self._broken)
+
     def _open(self, i: int) -> Image.Image:
-        path = self.files[i]
-        try:
-            with Image.open(path) as im:
-                im.load()  # decode while the file is open
-                return to_rgb(im)
-        except Exception as e:  # the scan's verify() does not decode pixels, so a broken file can surface only here
-            raise DataError(f"cannot decode {path}: {e}; remove or replace this file") from e
+        """Image i, or that of its stand-in (see the class)."""
+        for j in self._from(i):
+            try:
+                return self._decode(j)
+            except Exception as e:  # which exception depends on the format plugin
+                self._broken.add(j)
+                warnings.warn(f"cannot decode {self.files[j]} ({e}): skipped, the next image stands in for it "
+                              f"({len(self._broken)} such file(s) in {self.path} so far); replace or remove it",
+                              stacklevel=3)
+        raise DataError(f"no image in {self.path} can be decoded (all {len(self.files)} file(s) failed, e.g. "
+                        f"{self.files[i].name}): put valid .jpg/.png images there")
+
+    def stand_in(self, i: int) -> int:
+        """The index whose image `get(i)` returns: i itself unless get found its file broken (see the class)."""
+        return next(self._from(i), i)
 
     def get(self, i: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return transform(self._open(i), self.img_size, self.train, generator)
@@ -201,7 +232,7 @@ class FolderDomain(Dataset):
         return self.get(i)
 
     def name(self, i: int) -> str:
-        return self.files[i].stem
+        return self.files[self.stand_in(i)].stem
 
     def label(self, i: int) -> int | None:
         """The class of image i: the index of its first-level sub-folder among the sorted sub-folder names, or None
@@ -211,7 +242,7 @@ class FolderDomain(Dataset):
             self._classes = sorted({p[0] for p in parents}) if all(parents) else None
         if self._classes is None:
             return None
-        return self._classes.index(self.files[i].relative_to(self.path).parts[0])
+        return self._classes.index(self.files[self.stand_in(i)].relative_to(self.path).parts[0])
 
 
 class HalfDomain(FolderDomain):
@@ -335,40 +366,111 @@ def _load_folders(folder: Path, img_size: int) -> dict[str, Dataset]:
     }
 
 
-def _check_members(archive: zipfile.ZipFile) -> None:
+def download_cyclegan(name: str, root: str | Path = "dataset", base_url: str | None = None) -> Path:
+    """Downloads and unzips <base_url>/<name>.zip into <root>/<name>/ unless it is there already; returns that.
+
+    base_url None means $ATTNGAN_DOWNLOAD_URL where set (a mirror), else the CycleGAN authors' server (CYCLEGAN_URL).
+    The download gives up when no byte has come for $ATTNGAN_DOWNLOAD_STALL seconds (default 60) or when it has
+    taken $ATTNGAN_DOWNLOAD_DEADLINE seconds in all (default 7200, checked as bytes come). The archive is fetched and
+    unpacked in a hidden work folder in root and the data set renamed into place only once it holds the four
+    folders, so an error, Ctrl-C or a kill leaves no <root>/<name>/; the next call removes a killed call's work
+    folder. Every failure is a one-line DataError.
+    """
+    if name in EMBEDDED:
+        raise DataError(f"{name} is an embedded data set, generated when used: it needs no download (drop --download)")
+    if Path(name).name != name:  # also keeps the work folder's name (below) inside root
+        raise DataError(f"downloads take a CycleGAN data set's name (horse2zebra, apple2orange, ...), not {name!r}")
+    root = Path(root)
+    target = root / name
+    missing = [s for s in SPLITS if not (target / s).is_dir()]
+    if not missing:
+        return target
+    if target.exists():  # the user's, or an interrupted unzip of old: never merged into, never removed
+        raise DataError(f"{target} exists but has no {', '.join(missing)}: move it away or delete it, then download")
+    url = f"{(base_url or os.environ.get('ATTNGAN_DOWNLOAD_URL') or CYCLEGAN_URL).rstrip('/')}/{name}.zip"
+    deadline, stall = _seconds("ATTNGAN_DOWNLOAD_DEADLINE", 7200), _seconds("ATTNGAN_DOWNLOAD_STALL", 60)
+    root.mkdir(parents=True, exist_ok=True)
+    for leftover in root.glob(f".{name}.download-*"):  # a killed call's (no except or finally ran)
+        shutil.rmtree(leftover, ignore_errors=True)
+    # In root, not /tmp: the same disk as the data, so the final rename is atomic and /tmp's size does not matter.
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.download-", dir=root))
+    try:
+        _fetch(url, work / f"{name}.zip.part", deadline, stall)
+        _unpack(work / f"{name}.zip.part", work / "files", url, root)
+        _check_layout(work / "files", name, url)
+        (work / "files" / name).rename(target)
+    except DataError:
+        raise
+    except Exception as e:  # network, HTTP, disk or archive errors
+        raise DataError(f"could not get {url}: {e}; check the name and the network, or use a mirror "
+                        f"(--download_url or ATTNGAN_DOWNLOAD_URL)") from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _seconds(variable: str, default: float) -> float:
+    """A positive number of seconds from the environment variable, else the default."""
+    text = os.environ.get(variable)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise DataError(f"{variable}={text!r}: give a positive number of seconds (the default is {default:g})")
+    return value
+
+
+def _fetch(url: str, path: Path, deadline: float, stall: float) -> None:
+    """Writes url's body to path, with a progress bar."""
+    give_up = time.monotonic() + deadline
+    try:
+        # urlopen's timeout bounds each read, not the whole: a server trickling a byte a minute never reaches it.
+        with urllib.request.urlopen(url, timeout=stall) as response, open(path, "wb") as out:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc=PurePosixPath(url).name) as bar:
+                while chunk := response.read1(1 << 20):  # what one read brings, so the deadline is checked often
+                    out.write(chunk)
+                    bar.update(len(chunk))
+                    if time.monotonic() > give_up:
+                        raise DataError(f"{url} took over {deadline:g} s (ATTNGAN_DOWNLOAD_DEADLINE): try again, "
+                                        f"raise that limit, or use a mirror (--download_url or ATTNGAN_DOWNLOAD_URL)")
+                got = bar.n
+    except TimeoutError as e:
+        raise DataError(f"{url} sent nothing for {stall:g} s (ATTNGAN_DOWNLOAD_STALL): try again later, or use a "
+                        f"mirror (--download_url or ATTNGAN_DOWNLOAD_URL)") from e
+    if size is not None and got != size:
+        raise DataError(f"{url}: the connection closed after {got} of {size} bytes; try again")
+
+
+def _unpack(archive_path: Path, folder: Path, url: str, root: Path) -> None:
+    """Extracts the archive into folder once its paths are safe and the disk has room for what it declares."""
+    with zipfile.ZipFile(archive_path) as archive:
+        _check_members(archive, url)
+        # zipfile writes no more than each member's declared size, so this also stops a zip bomb.
+        need = sum(info.file_size for info in archive.infolist())
+        free = shutil.disk_usage(root).free
+        if need > free:
+            raise DataError(f"{url} unpacks to {tqdm.format_sizeof(need, 'B')} but {root} has "
+                            f"{tqdm.format_sizeof(free, 'B')} free: make room there or choose another --data_root")
+        archive.extractall(folder)
+
+
+def _check_members(archive: zipfile.ZipFile, url: str) -> None:
     """Refuses archives whose members would land outside the target folder (absolute paths, '..', drives)."""
     for member in archive.namelist():
         parts = PurePosixPath(member.replace("\\", "/")).parts
         if member.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-            raise DataError(f"unsafe path {member!r} in the archive")
+            raise DataError(f"unsafe path {member!r} in {url}: refusing to unpack it")
 
 
-def download_cyclegan(name: str, root: str | Path = "dataset", base_url: str = CYCLEGAN_URL) -> Path:
-    """Downloads and unzips <base_url>/<name>.zip into <root>/<name>/ unless it is there already; returns that."""
-    root = Path(root)
-    target = root / name
-    if all((target / s).is_dir() for s in SPLITS):
-        return target
-    url = f"{base_url.rstrip('/')}/{name}.zip"
-    root.mkdir(parents=True, exist_ok=True)
-    created = not target.exists()  # only then may a failure remove it: it holds nothing of the user's
-    fd, tmp = tempfile.mkstemp(suffix=".zip.part", dir=root)  # in root: same disk as the data, no /tmp size limit
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out, 1 << 20)
-        with zipfile.ZipFile(tmp) as archive:
-            _check_members(archive)
-            archive.extractall(root)
-        missing = [s for s in SPLITS if not (target / s).is_dir()]
-        if missing:
-            raise DataError(f"the archive has no {name}/{missing[0]} folder")
-    except Exception as e:  # network, HTTP, disk or archive errors: all leave nothing half-done behind
-        if created:
-            shutil.rmtree(target, ignore_errors=True)
-        raise DataError(f"could not get {url}: {e}") from e
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return target
+def _check_layout(folder: Path, name: str, url: str) -> None:
+    missing = [s for s in SPLITS if not (folder / name / s).is_dir()]
+    if missing:
+        found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+        raise DataError(f"{url} has no {name}/{missing[0]} folder (its top level: {found}): check the URL or mirror")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -406,19 +508,38 @@ class UnpairedSteps(Dataset):
         epoch, j = divmod(k, len(domain))
         return int(torch.randperm(len(domain), generator=_generator(self.seed, stream, epoch))[j])
 
+    def _pair(self, i: int, k: int):
+        """(index, a, b) of one scene: i, or where A's or B's file does not decode, the next index where both do.
+        A fresh generator in one state for each, so b gets a's flip and crop."""
+        for _ in range(len(self.A)):  # each round that finds no pair moves past at least one index
+            a = self.A.get(i, generator=_generator(self.seed, 2, k))
+            i = _stand_in(self.A, i)
+            b = self.B.get(i, generator=_generator(self.seed, 2, k))
+            if _stand_in(self.B, i) == i:
+                return i, a, b
+            i = _stand_in(self.B, i)
+        raise DataError(f"no pair of {self.A.path} and {self.B.path} can be decoded: put valid images there")
+
     def __getitem__(self, k: int):
         k = int(k)
         if not 0 <= k < len(self):
             raise IndexError(k)
-        i = self._index(self.A, 0, k)
-        j = i if self.paired else self._index(self.B, 1, k)
-        augment = _generator(self.seed, 2, k)
-        a = self.A.get(i, generator=augment)
-        # Paired: a fresh generator in the state a's started from, so b gets a's flip and crop.
-        b = self.B.get(j, generator=_generator(self.seed, 2, k) if self.paired else augment)
+        if self.paired:
+            i, a, b = self._pair(self._index(self.A, 0, k), k)
+            j = i
+        else:
+            i, j = self._index(self.A, 0, k), self._index(self.B, 1, k)
+            augment = _generator(self.seed, 2, k)  # a file that fails to decode draws nothing from it
+            a, b = self.A.get(i, generator=augment), self.B.get(j, generator=augment)
+            i, j = _stand_in(self.A, i), _stand_in(self.B, j)
         if not self.info:
             return a, b
         return a, b, {"index_A": i, "index_B": j, "label_A": _label(self.A, i), "label_B": _label(self.B, j)}
+
+
+def _stand_in(domain, i: int) -> int:
+    """The index of the image `domain.get(i)` returned (FolderDomain skips files that fail to decode)."""
+    return domain.stand_in(i) if hasattr(domain, "stand_in") else i
 
 
 def _label(domain, i: int) -> int:

@@ -1,17 +1,14 @@
-"""Tests of common/data.py: layout discovery, mode conversion, transforms, file checks, resumable sampling, download."""
+"""Tests of common/data.py: layout discovery, mode conversion, transforms, file checks, resumable sampling (the download
+is in test_download.py)."""
 
-import functools
 import importlib.util
 import io
-import threading
 import warnings
-import zipfile
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, features
+from PIL import Image, ImageOps, features
 
 from common.data import (
     IMG_EXTENSIONS,
@@ -19,7 +16,6 @@ from common.data import (
     FolderDomain,
     UnpairedSteps,
     canvas,
-    download_cyclegan,
     load_data,
     to_rgb,
     transform,
@@ -269,8 +265,83 @@ def test_file_that_fails_to_decode_later_names_itself(tmp_path):
     noise_image().save(tmp_path / "ok.png")
     domain = FolderDomain(tmp_path, S, train=False)
     (tmp_path / "ok.png").write_bytes(b"gone bad")
-    with pytest.raises(DataError, match="ok.png"):
+    with pytest.raises(DataError, match="ok.png"), pytest.warns(UserWarning, match="ok.png"):
         domain[0]
+
+
+def truncated_jpeg(path, seed=0):
+    """A JPEG cut in half: PIL's verify() passes it (it checks the structure only), decoding it fails."""
+    buffer = io.BytesIO()
+    noise_image(seed=seed).save(buffer, format="JPEG")
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+
+def solid(path, value):
+    Image.new("RGB", (20, 20), (value, value, value)).save(path)
+
+
+def test_file_that_fails_to_decode_when_drawn_is_skipped_deterministically(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for i in range(4):
+        solid(tmp_path / "a" / f"{i}.png", 40 * i)
+    truncated_jpeg(tmp_path / "a" / "2_cut.jpg")  # sorted between 2.png and 3.png: index 3
+    solid(tmp_path / "b" / "x.png", 0)
+    A = FolderDomain(tmp_path / "a", S, train=True)
+    assert len(A) == 5  # the scan lets it through
+    steps = UnpairedSteps(A, FolderDomain(tmp_path / "b", S, train=True), seed=0, info=True)
+    with pytest.warns(UserWarning, match="2_cut.jpg") as record:
+        drawn = [steps[k] for k in range(10)]  # two epochs: the broken file is drawn twice
+    assert len(record) == 1  # found once, then known
+    assert all(info["index_A"] != 3 for _, _, info in drawn)
+    assert sum(info["index_A"] == 4 for _, _, info in drawn) == 4  # the next file stands in for it
+    for a, _, info in drawn:  # what info says was drawn is what was drawn
+        assert abs((a.mean().item() + 1) * 127.5 - 40 * int(A.name(info["index_A"]))) < 1
+    assert A.name(3) == "3"  # so that an output named after index 3 shows what it holds
+    # A fresh domain (a resumed run, another DataLoader worker) that meets the file at a later draw draws the same.
+    fresh = UnpairedSteps(FolderDomain(tmp_path / "a", S, train=True), steps.B, seed=0, info=True)
+    with pytest.warns(UserWarning, match="2_cut.jpg"):
+        for k in reversed(range(10)):
+            assert torch.equal(fresh[k][0], drawn[k][0]) and fresh[k][2] == drawn[k][2]
+
+
+def test_paired_names_skip_a_broken_file_on_either_side_together(tmp_path):
+    for split in ("trainA", "trainB"):
+        (tmp_path / "p" / split).mkdir(parents=True)
+        for i in range(4):
+            solid(tmp_path / "p" / split / f"{i}.png", 40 * i)
+    (tmp_path / "p/trainB/1.png").unlink()
+    truncated_jpeg(tmp_path / "p/trainB/1.jpg")  # only B's file of scene 1 is broken
+    data = load_data("p", S, root=tmp_path, paired=True)
+    steps = UnpairedSteps(data["trainA"], data["trainB"], seed=0, paired=True, info=True)
+    with pytest.warns(UserWarning, match="1.jpg"):
+        drawn = [steps[k] for k in range(8)]
+    for a, b, info in drawn:
+        assert info["index_A"] == info["index_B"] != 1 and torch.equal(a, b)  # one scene, never half of scene 1
+
+
+@pytest.mark.parametrize("single_file", [False, True])
+def test_domain_whose_every_file_fails_to_decode_is_one_clear_error(tmp_path, single_file):
+    for i in range(3):
+        truncated_jpeg(tmp_path / f"{i}.jpg", seed=i)
+    path = tmp_path / "0.jpg" if single_file else tmp_path
+    domain = FolderDomain(path, S, train=True)
+    with pytest.raises(DataError) as err, pytest.warns(UserWarning):
+        UnpairedSteps(domain, domain, seed=0)[0]
+    assert "\n" not in str(err.value) and str(path) in str(err.value) and "decode" in str(err.value)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Stored 40 x 20, left half black: a camera held upright tags it Orientation 6 (rotate 90 degrees clockwise to
+    # view), so the upright image is 20 x 40 with its top half black.
+    img = Image.fromarray(np.repeat(np.repeat(np.array([[0, 255]], np.uint8), 20, 1), 20, 0)).convert("RGB")
+    exif = img.getexif()
+    exif[0x0112] = 6  # Orientation
+    img.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    with Image.open(tmp_path / "photo.jpg") as check:
+        assert ImageOps.exif_transpose(check).size == (20, 40)
+    x = FolderDomain(tmp_path, S, train=False)[0]
+    assert x[:, : S // 2 - 2].mean() < -0.9 and x[:, S // 2 + 2 :].mean() > 0.9
 
 
 # --- resumable unpaired sampling --------------------------------------------------------------------------------------
@@ -396,65 +467,3 @@ def test_class_sub_folders_are_labels(tmp_path):
     steps = UnpairedSteps(data["trainA"], data["trainB"], seed=0, info=True)
     labels = {steps[k][2]["label_A"] for k in range(6)}
     assert labels == {0, 1} and {steps[k][2]["label_B"] for k in range(6)} == {-1}
-
-
-# --- download ---------------------------------------------------------------------------------------------------------
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """(folder served, base URL) of a local HTTP server; proxies are unset so urllib goes to it directly."""
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    served = tmp_path / "served"
-    served.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
-
-
-def png_bytes():
-    buffer = io.BytesIO()
-    noise_image().save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def test_download_extracts_the_four_folders(tmp_path, server):
-    served, url = server
-    with zipfile.ZipFile(served / "toy.zip", "w") as archive:
-        for split in ("trainA", "trainB", "testA", "testB"):
-            archive.writestr(f"toy/{split}/{split}.png", png_bytes())
-    root = tmp_path / "dataset"
-    assert download_cyclegan("toy", root=root, base_url=url) == root / "toy"
-    assert sorted(p.name for p in root.iterdir()) == ["toy"]  # no temporary file left
-    assert all(len(d) == 1 for d in load_data("toy", S, root=root).values())
-    (served / "toy.zip").unlink()  # a second call must not download again
-    assert download_cyclegan("toy", root=root, base_url=url) == root / "toy"
-
-
-def test_download_404_is_a_data_error_and_leaves_nothing(tmp_path, server):
-    _, url = server
-    root = tmp_path / "dataset"
-    with pytest.raises(DataError, match=f"{url}/absent.zip"):
-        download_cyclegan("absent", root=root, base_url=url)
-    assert list(root.iterdir()) == []
-
-
-def test_download_refuses_paths_outside_the_folder(tmp_path, server):
-    served, url = server
-    with zipfile.ZipFile(served / "evil.zip", "w") as archive:
-        archive.writestr("evil/trainA/a.png", png_bytes())
-        archive.writestr("../evil.txt", b"escaped")
-    root = tmp_path / "dataset"
-    with pytest.raises(DataError, match="unsafe"):
-        download_cyclegan("evil", root=root, base_url=url)
-    assert list(root.iterdir()) == [] and not (tmp_path / "evil.txt").exists()
