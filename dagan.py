@@ -316,8 +316,6 @@ def make_model(args, device):
         raise UsageError(f"--box_size {args.box_size}: use a fraction of the side in (0, 1]")
     if args.k <= 0:
         raise UsageError(f"--k {args.k}: the edge steepness must be positive")
-    if args.n_boxes < 1:
-        raise UsageError(f"--n_boxes {args.n_boxes}: use 1 or more")
     if args.img_size % 8:
         raise UsageError(f"--img_size {args.img_size}: use a multiple of 8 (D halves it three times)")
     return DAGAN(args, device)

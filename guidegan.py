@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.blocks import ImagePool, PatchGAN, init_normal, lsgan, lsgan_d, resnet_decoder, resnet_encoder
-from common.train import UsageError, add_bool, add_default, main
+from common.train import add_bool, add_default, main
 
 # --- Defaults: the paper's hyperparameters (flag -> (value, source)) ------------------------------------------
 DEFAULTS = {
@@ -354,10 +354,6 @@ def add_arguments(parser):
 
 
 def make_model(args, device):
-    if args.n_res is not None and args.n_res < 1:
-        raise UsageError(f"--n_res {args.n_res}: use 1 or more")
-    if args.pool_size < 1:
-        raise UsageError(f"--pool_size {args.pool_size}: use 1 or more")
     return GuideGAN(args, device)
 
 

@@ -259,8 +259,6 @@ def make_model(args, device):
     if not 0 <= args.switch_epoch <= args.epochs:
         raise UsageError(f"--switch_epoch {args.switch_epoch}: use 0 to --epochs ({args.epochs}); --epochs sets "
                          f"the scale even when --iteration is given")
-    if args.pool_size < 1:
-        raise UsageError(f"--pool_size {args.pool_size}: use 1 or more")
     return UAIT(args, device)
 
 

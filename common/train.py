@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common import checkpoints
 from common.data import EMBEDDED, DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_data
 from common.images import grid, overlay
 
@@ -83,6 +84,8 @@ def build_parser(name, description, defaults):
     p.add_argument("--data_root", default="dataset", help="where named data sets live, as in the authors' code "
                                                            "(default dataset/)")
     add_bool(p, "--download", False, "download a CycleGAN data set (horse2zebra, apple2orange, ...) if missing")
+    p.add_argument("--download_url", default=None, help="a mirror of the CycleGAN data sets' folder (default "
+                   "$ATTNGAN_DOWNLOAD_URL, else the authors' server)")
     p.add_argument("--phase", choices=("train", "test"), default="train", help="train, or translate the test "
                    "sets with the latest checkpoint (default train)")
     if "epochs" in defaults:
@@ -126,7 +129,6 @@ def given(argv, parser, dest):
 def parse_args(parser, argv, preset):
     """With no --dataset: the preset's embedded data (`shapes` unless it names another) and `preset` for every flag
     the user did not type."""
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.dataset is None:
         args.dataset = preset.get("dataset", "shapes")
@@ -140,11 +142,24 @@ def parse_args(parser, argv, preset):
     if args.img_size % 4:
         raise UsageError(f"--img_size {args.img_size}: use a multiple of 4 (the generators halve it twice and double "
                          f"it back)")
-    for flag in ("iteration", "epochs", "batch_size", "print_freq", "save_freq", "log_freq"):
-        value = getattr(args, flag, None)  # --iteration may come from --epochs later; ugatit has no --epochs
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag} {value}: must be at least 1")
+    if args.img_size > MAX_IMG_SIZE:
+        raise UsageError(f"--img_size {args.img_size}: at most {MAX_IMG_SIZE} (the papers train at 256 or less)")
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)  # --iteration may come from --epochs later
+        if action.type not in (int, float) or value is None:
+            continue
+        flag = action.option_strings[0]
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"{flag} {value}: must be a finite number, 0 or more")
+        if (action.dest in COUNTS and value < 1) or (action.dest == "lr" and value == 0):
+            raise UsageError(f"{flag} {value}: must be {'at least 1' if action.dest in COUNTS else 'above 0'}")
     return args
+
+
+MAX_IMG_SIZE = 2048
+# Integer flags that must be at least 1 (every number flag must be finite and 0 or more, --lr above 0).
+COUNTS = ("iteration", "epochs", "batch_size", "print_freq", "save_freq", "log_freq", "ch", "ngf", "ndf", "n_res",
+          "n_dis", "n_masks", "n_boxes", "pool_size")
 
 
 def choose_device(name):
@@ -203,33 +218,26 @@ def set_rng_state(state):
 
 
 def save_checkpoint(path, model, schedulers, step, args):
-    """Atomic: written to a temporary file, fsynced, then renamed over the old one, so a crash or Ctrl-C at any
-    moment leaves either the previous checkpoint or the new one, never half of one."""
-    state = {"step": step, "args": vars(args),
-             "nets": {k: m.state_dict() for k, m in model.nets.items()},
-             "optimizers": {k: o.state_dict() for k, o in model.optimizers.items()},
-             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-             "pools": {k: p.state_dict() for k, p in getattr(model, "pools", {}).items()},
-             "rng": rng_state()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Everything an exact resume needs (common.checkpoints: atomic, the one before kept as previous.pt)."""
+    checkpoints.save(path, {"step": step, "args": vars(args),
+                            "nets": {k: m.state_dict() for k, m in model.nets.items()},
+                            "optimizers": {k: o.state_dict() for k, o in model.optimizers.items()},
+                            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                            "pools": {k: p.state_dict() for k, p in getattr(model, "pools", {}).items()},
+                            "rng": rng_state()})
 
 
 def load_checkpoint(path):
+    """A torch file's contents (weights only, CRC-checked), or a one-line UsageError naming it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})")
+        return checkpoints.read(path)
+    except checkpoints.CheckpointError as e:
+        raise UsageError(str(e)) from None
 
 
 def load_nets(nets, saved, path):
     """Load state dicts, or name every key that does not fit: a checkpoint of another configuration."""
-    problems = []
+    problems = [f"{name} unexpected" for name in saved if name not in nets]
     for name, net in nets.items():
         ours, theirs = net.state_dict(), saved.get(name, {})
         problems += [f"{name}.{k} missing" for k in ours if k not in theirs]
@@ -247,12 +255,21 @@ def load_nets(nets, saved, path):
 # --- the run ---------------------------------------------------------------------------------------------------
 
 class Run:
-    def __init__(self, args, model_name):
+    def __init__(self, args, model_name, new_lr=None):
         self.root = Path(args.result_dir) / model_name / Path(args.dataset).name
         self.checkpoint = self.root / "checkpoints" / "latest.pt"
         self.samples = self.root / "samples"
         self.log = self.root / "log.jsonl"
         self.test = self.root / "test"
+        self.new_lr = new_lr  # an --lr typed on the command line, which a --resume then uses
+        for folder in (self.root, *self.root.parents):
+            if folder.exists() and not folder.is_dir():
+                raise UsageError(f"--result_dir {args.result_dir}: {folder} is a file, not a folder")
+
+    def evaluated(self, step):
+        """Whether the log holds the evaluation at `step`."""
+        return self.log.exists() and any('"eval"' in line and json.loads(line).get("step") == step
+                                         for line in self.log.read_text().splitlines())
 
     def write_log(self, record):
         with open(self.log, "a") as f:
@@ -320,24 +337,60 @@ def sample_grid(model, A, B, device, n=4):
     return grid(rows)
 
 
-class StopFlag:
-    """First Ctrl-C: finish the current iteration, save, stop. Second: stop at once (the last checkpoint stays)."""
+class Stopped(Exception):
+    """The run ends on a signal; main exits with 128 + its number, as a shell reports a signalled process."""
 
-    def __init__(self):
-        self.set = False
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopFlag:
+    """SIGINT (Ctrl-C), SIGTERM (a scheduler's preemption), SIGHUP (a closed terminal). The first: finish the current
+    iteration, save, stop. The second, or any outside the training loop (`at_once`): stop at once, without saving
+    (the last checkpoint stays)."""
+    SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+    def __init__(self, checkpoint):
+        self.checkpoint, self.signum, self.at_once = checkpoint, None, False
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self.handle)
+        self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         return self
 
-    def handle(self, *_):
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-        tqdm.write("Ctrl-C: saving after this iteration (press again to quit without saving)")
+    def handle(self, signum, _):
+        name = signal.Signals(signum).name
+        if self.signum is not None or self.at_once:
+            raise Stopped(signum, f"{name}: stopped without saving; --resume continues from the last checkpoint "
+                                  f"({self.checkpoint})")
+        self.signum = signum
+        tqdm.write(f"{name}: saving after this iteration (again to quit without saving)")
 
     def __exit__(self, *_):
-        signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def restore(model, schedulers, state, run, lr):
+    """Put a checkpoint back. An --lr typed with --resume replaces the checkpoint's (every optimizer's rate and
+    schedule scaled by the same factor), so that a run stopped by a NaN can go on more slowly."""
+    load_nets(model.nets, state["nets"], run.checkpoint)
+    for part, objects in (("optimizers", model.optimizers), ("schedulers", schedulers),
+                          ("pools", getattr(model, "pools", {}))):
+        unknown = set(state[part]) - set(objects)
+        if unknown or set(objects) - set(state[part]):
+            raise UsageError(f"{run.checkpoint} was written by another configuration ({part} "
+                             f"{sorted(state[part])} vs {sorted(objects)} here); use the flags it was trained with")
+        for k, o in objects.items():
+            o.load_state_dict(state[part][k])
+    set_rng_state(state["rng"])
+    old = state["args"]["lr"]
+    if lr is not None and lr != old:
+        for o, s in ((o, schedulers[k]) for k, o in model.optimizers.items()):
+            s.base_lrs = [lr if b == old else b * lr / old for b in s.base_lrs]
+            for group, base, factor in zip(o.param_groups, s.base_lrs, s.lr_lambdas):
+                group["initial_lr"], group["lr"] = base, base * factor(s.last_epoch)
+        print(f"--lr {lr}: training on with it instead of the checkpoint's {old}")
 
 
 def train(model, args, data, run, device):
@@ -345,26 +398,24 @@ def train(model, args, data, run, device):
     schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_factor(args.iteration, args.decay_flag, start))
                   for k, o in model.optimizers.items()}
     start = 0
-    if args.resume and run.checkpoint.exists():
-        state = load_checkpoint(run.checkpoint)
-        load_nets(model.nets, state["nets"], run.checkpoint)
-        for k, o in model.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
-        for k, s in schedulers.items():
-            s.load_state_dict(state["schedulers"][k])
-        for k, p in getattr(model, "pools", {}).items():
-            p.load_state_dict(state["pools"][k])
-        set_rng_state(state["rng"])
+    if args.resume and checkpoints.exists(run.checkpoint):
+        state = resume_state(run)
+        restore(model, schedulers, state, run, run.new_lr)
         start = state["step"]
-        run.truncate_log(start)
         print(f"resumed from {run.checkpoint} at iteration {start}")
-    elif run.checkpoint.exists():
+    elif checkpoints.exists(run.checkpoint):
         raise UsageError(f"{run.checkpoint} exists: add --resume to continue that run, or choose another "
                          f"--result_dir to start a new one")
     elif args.resume:
         print(f"--resume: no checkpoint at {run.checkpoint} yet; starting at iteration 0")
+    run.truncate_log(start)  # lines past the checkpoint, or of a run killed before its first checkpoint
     if start >= args.iteration:
         print(f"already at iteration {start} of --iteration {args.iteration}: nothing to train")
+        if args.dataset in EMBEDDED and not run.evaluated(start):
+            print("its evaluation is missing (stopped during it?): evaluating now")
+            with StopFlag(run.checkpoint) as stop:
+                stop.at_once = True
+                evaluate(model, args, data, run, start, device)
         return
 
     with_info = getattr(model, "batch_info", False)
@@ -379,7 +430,7 @@ def train(model, args, data, run, device):
     run.samples.mkdir(parents=True, exist_ok=True)
     step, t0 = start, time.time()
     bar = tqdm(total=args.iteration, initial=start, dynamic_ncols=True, desc=run.root.parent.name)
-    with StopFlag() as stop:
+    with StopFlag(run.checkpoint) as stop:
         for batch in loader:
             model.progress = step / args.iteration
             images = [x.to(device, non_blocking=True) for x in batch[:2]]
@@ -389,10 +440,7 @@ def train(model, args, data, run, device):
             if not all(math.isfinite(v) for v in values.values()):
                 bar.close()
                 bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
-                kept = (f"the last good checkpoint ({run.checkpoint}) is kept; --resume continues from it"
-                        if run.checkpoint.exists() else "no checkpoint was written yet")
-                raise UsageError(f"loss {bad} is not finite at iteration {step + 1}: stopped; {kept} (a lower --lr "
-                                 f"or loss weight may help)")
+                raise UsageError(f"loss {bad} is not finite at iteration {step + 1}: stopped; {kept(run)}")
             for s in schedulers.values():
                 s.step()
             step += 1
@@ -404,16 +452,36 @@ def train(model, args, data, run, device):
             if step % args.print_freq == 0 or step == args.iteration:
                 with evaluating(model):
                     sample_grid(model, show_A, show_B, device).save(run.samples / f"{step:07d}.png")
-            if step % args.save_freq == 0 or step == args.iteration or stop.set:
-                save_checkpoint(run.checkpoint, model, schedulers, step, args)
-            if stop.set:
+            if step % args.save_freq == 0 or step == args.iteration or stop.signum:
+                try:
+                    save_checkpoint(run.checkpoint, model, schedulers, step, args)
+                except checkpoints.CheckpointError as e:
+                    bar.close()
+                    raise UsageError(f"{e}; stopped; {kept(run)}") from None
+            if stop.signum:
                 bar.close()
-                print(f"stopped at iteration {step}; checkpoint {run.checkpoint}; continue with --resume")
-                return
-    bar.close()
-    print(f"done: {step} iterations in {time.time() - t0:.0f} s; checkpoint {run.checkpoint}, samples {run.samples}")
-    if args.dataset in EMBEDDED:
-        evaluate(model, args, data, run, step, device)
+                raise Stopped(stop.signum, f"{signal.Signals(stop.signum).name}: stopped at iteration {step}; "
+                                           f"checkpoint {run.checkpoint}; continue with --resume")
+        stop.at_once = True  # the evaluation below is part of the run: a stop there leaves it to the next --resume
+        bar.close()
+        print(f"done: {step} iterations in {time.time() - t0:.0f} s; checkpoint {run.checkpoint}, samples "
+              f"{run.samples}")
+        if args.dataset in EMBEDDED:
+            evaluate(model, args, data, run, step, device)
+
+
+def kept(run):
+    if checkpoints.exists(run.checkpoint):
+        return f"the last good checkpoint ({run.checkpoint}) is kept; --resume continues from it (a lower --lr " \
+               f"or loss weight may help)"
+    return "no checkpoint was written yet (a lower --lr or loss weight may help)"
+
+
+def resume_state(run):
+    try:
+        return checkpoints.load_latest(run.checkpoint)
+    except checkpoints.CheckpointError as e:
+        raise UsageError(f"{e}; start a new run in another --result_dir, or restore the file") from None
 
 
 def evaluate(model, args, data, run, step, device):
@@ -464,9 +532,9 @@ def test(model, args, data, run, device):
     """With the run's latest checkpoint, or with the --weights the model was built from (a paper's option)."""
     step = None
     if getattr(args, "weights", None) is None:
-        if not run.checkpoint.exists():
+        if not checkpoints.exists(run.checkpoint):
             raise UsageError(f"no checkpoint at {run.checkpoint}: train first (same --dataset and --result_dir)")
-        state = load_checkpoint(run.checkpoint)
+        state = resume_state(run)
         load_nets(model.nets, state["nets"], run.checkpoint)
         step = state["step"]
     if args.input is not None:
@@ -489,6 +557,7 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
     """Everything after `if __name__ == "__main__":` in a paper script."""
     parser = build_parser(name, description, defaults)
     add_arguments(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parse_args(parser, argv, preset)
         device = choose_device(args.device)
@@ -500,7 +569,7 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
         print(f"{name}: " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None)
               + f"  [device {device}]")
         if args.download:
-            download_cyclegan(args.dataset, args.data_root)
+            download_cyclegan(args.dataset, args.data_root, base_url=args.download_url)
         seed_everything(args.seed)
         model = make_model(args, device)
         data = None if args.input else load_data(args.dataset, args.img_size, root=args.data_root, seed=args.seed,
@@ -509,8 +578,15 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
             largest = max(len(data["trainA"]), len(data["trainB"]))
             args.iteration = math.ceil(args.epochs * largest / args.batch_size)
             print(f"--epochs {args.epochs} of {largest} images, batch {args.batch_size}: --iteration {args.iteration}")
-        run = Run(args, name)
-        (train if args.phase == "train" else test)(model, args, data, run, device)
-    except (UsageError, DataError) as e:
+        run = Run(args, name, new_lr=args.lr if given(argv, parser, "lr") else None)
+        with checkpoints.RunLock(run.root):
+            (train if args.phase == "train" else test)(model, args, data, run, device)
+    except (UsageError, DataError, checkpoints.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as e:
+        print(e)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:  # outside the training loop: nothing to save
+        print("Ctrl-C: stopped", file=sys.stderr)
+        sys.exit(130)

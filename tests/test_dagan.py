@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import dagan
-from common.train import UsageError, build_parser
+from common.train import UsageError, build_parser, parse_args
 from conftest import ROOT
 from kernels.boxmask import box_masks
 
@@ -20,7 +20,7 @@ TINY = ["--ch", "4", "--n_res", "1"]
 def make_args(*argv):
     parser = build_parser("dagan", "", dagan.DEFAULTS)
     dagan.add_arguments(parser)
-    return parser.parse_args([*TINY, *argv])
+    return parse_args(parser, [*TINY, *argv], {})  # with the harness's checks
 
 
 def model(*argv):

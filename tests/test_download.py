@@ -225,3 +225,14 @@ def test_an_incomplete_folder_in_the_way_is_left_alone_and_named(tmp_path, serve
     (tmp_path / "toy" / "trainA" / "mine.png").write_bytes(png_bytes())
     one_line_error(lambda: download_cyclegan("toy", root=tmp_path, base_url=url), str(tmp_path / "toy"), "testA")
     assert left_in(tmp_path / "toy") == ["trainA", "trainA/mine.png"]
+
+
+def test_the_scripts_download_from_the_mirror_given_by_flag(tmp_path, server):
+    served, url, _ = server
+    make_zip(served / "toy.zip", per_split=2)
+    p = subprocess.run([sys.executable, str(ROOT / "ugatit.py"), "--dataset", "toy", "--data_root", str(tmp_path / "d"),
+                        "--download", "--download_url", url, "--result_dir", str(tmp_path / "runs"), "--img_size", "32",
+                        "--ch", "4", "--n_res", "1", "--n_dis", "4", "--light", "--iteration", "1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (tmp_path / "d/toy/trainA").is_dir() and (tmp_path / "runs/ugatit/toy/checkpoints/latest.pt").exists()

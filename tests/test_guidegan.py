@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import guidegan
-from common.train import UsageError, build_parser
+from common.train import UsageError, build_parser, parse_args
 from conftest import ROOT
 
 TINY = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1"]
@@ -20,7 +20,7 @@ TINY = ["--img_size", "32", "--ngf", "4", "--ndf", "4", "--n_res", "1"]
 def make_args(*argv):
     parser = build_parser("guidegan", "", guidegan.DEFAULTS)
     guidegan.add_arguments(parser)
-    return parser.parse_args([*TINY, *argv])
+    return parse_args(parser, [*TINY, *argv], {})  # with the harness's checks
 
 
 def model(*argv):

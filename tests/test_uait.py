@@ -21,7 +21,7 @@ TINY = ["--img_size", "32", "--ch", "4", "--n_res", "1"]
 def make_args(*argv):
     parser = build_parser("uait", "", uait.DEFAULTS)
     uait.add_arguments(parser)
-    return parser.parse_args([*TINY, *argv])
+    return parse_args(parser, [*TINY, *argv], {})  # with the harness's checks
 
 
 def model(*argv):
