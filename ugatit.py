@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.blocks import ResnetBlock, SNConv2d, SNLinear, conv, init_normal, lsgan
+from common.blocks import InstanceNorm2d, ResnetBlock, SNConv2d, SNLinear, conv, init_normal, lsgan
 from common.train import UsageError, add_bool, add_default, load_checkpoint, load_nets, main
 from kernels.adalin import adalin
 
@@ -160,9 +160,9 @@ class Generator(nn.Module):
         C = 4 * ch
         self.light = light
         self.encoder = nn.Sequential(
-            *conv(img_ch, ch, 7, bias=False), nn.InstanceNorm2d(ch), nn.ReLU(True),
-            *conv(ch, 2 * ch, 3, 2, bias=False), nn.InstanceNorm2d(2 * ch), nn.ReLU(True),
-            *conv(2 * ch, C, 3, 2, bias=False), nn.InstanceNorm2d(C), nn.ReLU(True),
+            *conv(img_ch, ch, 7, bias=False), InstanceNorm2d(ch), nn.ReLU(True),
+            *conv(ch, 2 * ch, 3, 2, bias=False), InstanceNorm2d(2 * ch), nn.ReLU(True),
+            *conv(2 * ch, C, 3, 2, bias=False), InstanceNorm2d(C), nn.ReLU(True),
             *[ResnetBlock(C, bias=False) for _ in range(n_res)])
         self.cam = CAM(C, nn.ReLU(True)) if gen_cam else None
         if norm in ("adalin", "adain"):

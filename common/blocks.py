@@ -1,6 +1,7 @@
 """Building blocks that the papers cite from earlier work rather than define: CycleGAN's residual block
 (Zhu et al. 2017, after Johnson et al. 2016), the N(0, 0.02) weight init of DCGAN/pix2pix, and LSGAN's
-least-squares objective (Mao et al. 2017)."""
+least-squares objective (Mao et al. 2017); and an instance norm that keeps a single-colour image from turning
+the gradients into NaN."""
 from contextlib import contextmanager
 
 import torch
@@ -14,13 +15,27 @@ def conv(in_ch, out_ch, kernel, stride=1, bias=True, layer=nn.Conv2d):
     return [nn.ReflectionPad2d((kernel - 1) // 2), layer(in_ch, out_ch, kernel, stride, bias=bias)]
 
 
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """nn.InstanceNorm2d (used here without affine), except on a map whose values are all equal: that normalises to
+    exactly 0 and passes no gradient back. torch gives it rounding noise of the mean divided by sqrt(ε) instead, and
+    the gradient P·dy / sqrt(ε) (P removes the mean), 316 times dy at ε = 1e-5. A single-colour image makes every
+    map of U-GAT-IT's generator constant (reflection padding and nearest upsampling keep a constant map constant),
+    so its 21 norms at n_res 4 multiply the gradient by about 316 each: it overflows float32 and inf · 0 gives NaN.
+    The weights before such a norm can only move the map by a constant, which P removes, so their exact gradient
+    through it is 0 anyway. Maps that vary are normalised exactly as by nn.InstanceNorm2d."""
+
+    def forward(self, x):
+        lo, hi = x.detach().flatten(2).aminmax(dim=2)
+        return super().forward(x).masked_fill((lo == hi)[..., None, None], 0)
+
+
 class ResnetBlock(nn.Module):
     """x + [pad, conv3, IN, ReLU, pad, conv3, IN](x); no ReLU after the sum."""
 
     def __init__(self, dim, bias=True):
         super().__init__()
-        self.conv_block = nn.Sequential(*conv(dim, dim, 3, bias=bias), nn.InstanceNorm2d(dim), nn.ReLU(True),
-                                        *conv(dim, dim, 3, bias=bias), nn.InstanceNorm2d(dim))
+        self.conv_block = nn.Sequential(*conv(dim, dim, 3, bias=bias), InstanceNorm2d(dim), nn.ReLU(True),
+                                        *conv(dim, dim, 3, bias=bias), InstanceNorm2d(dim))
 
     def forward(self, x):
         return x + self.conv_block(x)
@@ -140,9 +155,9 @@ class SNLinear(SpectralNorm, nn.Linear):
 def resnet_encoder(in_ch, ngf, n_blocks):
     """c7s1-ngf, d(2·ngf), d(4·ngf), then n_blocks residual blocks at 4·ngf channels, H/4 × W/4. The stride-2 convs
     pad with zeros, the others reflect, as in CycleGAN's released generator."""
-    layers = [*conv(in_ch, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
+    layers = [*conv(in_ch, ngf, 7), InstanceNorm2d(ngf), nn.ReLU(True)]
     for c in (ngf, 2 * ngf):
-        layers += [nn.Conv2d(c, 2 * c, 3, 2, 1), nn.InstanceNorm2d(2 * c), nn.ReLU(True)]
+        layers += [nn.Conv2d(c, 2 * c, 3, 2, 1), InstanceNorm2d(2 * c), nn.ReLU(True)]
     return layers + [ResnetBlock(4 * ngf) for _ in range(n_blocks)]
 
 
@@ -151,7 +166,7 @@ def resnet_decoder(ngf, out_ch, kernel=7):
     activation: the paper picks it (tanh for an image, sigmoid or softmax for attention)."""
     layers = []
     for c in (4 * ngf, 2 * ngf):
-        layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(c // 2),
+        layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1), InstanceNorm2d(c // 2),
                    nn.ReLU(True)]
     return layers + conv(ngf, out_ch, kernel)
 
@@ -166,7 +181,7 @@ class PatchGAN(nn.Module):
         layers, c = [nn.Conv2d(in_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
         for i in range(1, n_layers + 1):
             stride = 2 if i < n_layers else 1
-            layers += [nn.Conv2d(c, 2 * c, 4, stride, 1), nn.InstanceNorm2d(2 * c), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(c, 2 * c, 4, stride, 1), InstanceNorm2d(2 * c), nn.LeakyReLU(0.2, True)]
             c *= 2
         self.model = nn.Sequential(*layers, nn.Conv2d(c, 1, 4, 1, 1))
         self.normalize = True

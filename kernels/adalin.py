@@ -10,6 +10,11 @@ learned per channel (shape C, or 1×C×1×1). ρ (1×C×1×1) is a learned gate 
 Variance: the paper does not say; the authors' PyTorch code uses the UNBIASED estimate (torch.var's default), and
 we follow it (`unbiased=True`) so that their checkpoints give the same images. Note that it needs H×W ≥ 2.
 
+Constant maps: where σ² is exactly 0 (all values equal), we take 1/sqrt(σ² + ε) to be 0, so that â is exactly 0
+and passes no gradient back; the authors' code gives rounding noise / sqrt(ε) and a gradient 316 times dy there,
+which a single-colour image compounds over the generator's stacked norms into inf and NaN (see
+common.blocks.InstanceNorm2d, which does the same for plain IN). Maps that vary are normalised as Eq. (1) says.
+
 `adalin_eq1` is Eq. (1) as printed; `adalin_reference` computes the same as one affine map per (n, c), and is what
 runs on CPU. The Triton path reads x twice in the forward and
 twice (with dy) in the backward:
@@ -55,9 +60,18 @@ def _divisors(C, HW, unbiased):
 def _layer_from_instance(mu_I, m2_I, HW):
     """Per n, from the per-(n, c) means and sums of squared deviations rather than another pass over x: the mean
     of the means, and the deviations within each channel plus those of the channel means (Chan et al.'s pairwise
-    combination). Returns μ_L and Σ (x − μ_L)², both keeping dim 1."""
-    mu_L = mu_I.mean(1, keepdim=True)
+    combination). Returns μ_L and Σ (x − μ_L)², both keeping dim 1. The means are averaged about the first one, so
+    that equal means give μ_L exactly and a constant image a variance of exactly 0."""
+    k = mu_I[:, :1]
+    mu_L = k + (mu_I - k).mean(1, keepdim=True)
     return mu_L, (m2_I + HW * (mu_I - mu_L) ** 2).sum(1, keepdim=True)
+
+
+def _inv_std(var, eps):
+    """1 / sqrt(σ² + ε), and 0 where σ² is exactly 0: a constant map's â is 0 with no gradient (module docstring).
+    Our variances come out exactly 0 for constant rows: torch.var_mean updates Welford's sums, and the Triton path
+    sums deviations from one of the row's values."""
+    return torch.where(var > 0, torch.rsqrt(var + eps), 0)
 
 
 def adalin_reference(x, rho, gamma, beta, eps=1e-5, unbiased=True):
@@ -67,7 +81,7 @@ def adalin_reference(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     var_I, mu_I = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=unbiased)      # per (n, c)
     mu_L, m2_L = _layer_from_instance(mu_I, var_I * d_I, H * W)                       # per n
     var_L = m2_L / d_L
-    inv_I, inv_L = torch.rsqrt(var_I + eps), torch.rsqrt(var_L + eps)
+    inv_I, inv_L = _inv_std(var_I, eps), _inv_std(var_L, eps)
     # Eq. (1), γ(ρ â_I + (1 − ρ) â_L) + β, is for each (n, c) an affine map of x: x · scale + shift with
     #     scale = γ (ρ / σ_I + (1 − ρ) / σ_L),   shift = β − γ (ρ μ_I / σ_I + (1 − ρ) μ_L / σ_L),
     # where σ = sqrt(variance + ε). Computed so, autograd keeps x and per-(n, c) numbers instead of â_I, â_L and
@@ -82,7 +96,7 @@ def adalin_reference(x, rho, gamma, beta, eps=1e-5, unbiased=True):
 def _coefficients(mu_I, var_I, mu_L, var_L, rho, gamma, beta, eps):
     """Eq. (1) as y = (x − μ_I) · scale + shift per (n, c): scale = γ(ρ/σ_I + (1 − ρ)/σ_L) and
     shift = β + γ(1 − ρ)(μ_I − μ_L)/σ_L. Inputs N×C (or broadcastable), fp32."""
-    inv_I, inv_L = torch.rsqrt(var_I + eps), torch.rsqrt(var_L + eps)
+    inv_I, inv_L = _inv_std(var_I, eps), _inv_std(var_L, eps)
     scale = gamma * (rho * inv_I + (1 - rho) * inv_L)
     shift = beta + gamma * (1 - rho) * (mu_I - mu_L) * inv_L
     return scale, shift

@@ -178,3 +178,36 @@ def test_ugatit_step_with_the_kernel_matches_the_reference(monkeypatch):
     for i in g_ref:
         scale = g_ref[i].abs().max().clamp_min(1e-3)
         assert (g_tri[i] - g_ref[i]).abs().max() / scale < 1e-4, i
+
+
+def constant_maps_eq1(x, rho, gamma, beta, unbiased):
+    """Eq. (1) when every map of x is constant, written out: â_I is exactly 0 and has no gradient, â_L is as printed,
+    or 0 where the whole image is constant too."""
+    N, C = x.shape[:2]
+    gamma, beta = gamma.reshape(-1, C, 1, 1), beta.reshape(-1, C, 1, 1)
+    mu_L, var_L = x.mean((1, 2, 3), keepdim=True), x.var((1, 2, 3), keepdim=True, unbiased=unbiased)
+    a_L = torch.where(var_L > 0, (x - mu_L) / torch.sqrt(var_L + 1e-5), 0)
+    return gamma * (1 - rho) * a_L + beta
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("shape, unbiased", [((2, 5, 7, 9), True), ((2, 5, 7, 9), False), ((2, 3, 1, 1), False)])
+@pytest.mark.parametrize("whole_image", [False, True])
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_constant_maps_have_no_instance_term(impl, shape, unbiased, whole_image, adaptive):
+    """A single-colour image makes every map constant (σ_I² = 0; with 1×1 maps always). Eq. (1)'s â_I is 0 there,
+    and the op passes it no gradient: 1/sqrt(ε) = 316 times dy per norm would overflow over U-GAT-IT's stacked norms.
+    The values are large (mean 1000), so that rounding noise of the mean divided by sqrt(ε) would show."""
+    N, C, H, W = shape
+    args = inputs(shape, adaptive)
+    x = (torch.randn(N, 1 if whole_image else C, 1, 1, device=DEVICE) * 3 + 1000).expand(shape).contiguous()
+    args[0] = x.requires_grad_()
+    y = AdaLINFunction.apply(*args, 1e-5, unbiased) if impl == "triton" else adalin_reference(*args, unbiased=unbiased)
+    ref_args = [t.detach().double().requires_grad_() for t in args]
+    ref = constant_maps_eq1(*ref_args, unbiased=unbiased)
+    torch.testing.assert_close(y.double(), ref, rtol=0, atol=1e-3)
+    dy = torch.randn_like(y)
+    for name, a, b in zip(("x", "rho", "gamma", "beta"), torch.autograd.grad(y, args, dy),
+                          torch.autograd.grad(ref, ref_args, dy.double())):
+        assert torch.isfinite(a).all(), name
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3, msg=name)

@@ -1,13 +1,22 @@
-"""ugatit.py: output shapes, the equations' properties, one training step, save -> load."""
+"""ugatit.py: output shapes, the equations' properties, one training step, save -> load, single-colour images."""
 import copy
+import json
+import math
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 import ugatit
+from common.blocks import InstanceNorm2d
 from common.train import build_parser, load_checkpoint, load_nets, save_checkpoint
+from conftest import ROOT
 
 
 def make_args(**kw):
@@ -193,3 +202,66 @@ def test_save_load_gives_identical_outputs(tmp_path):
     for D in ("disGA", "disLB"):
         m.nets[D].eval(), m2.nets[D].eval()
         assert torch.equal(m.nets[D](x)[0], m2.nets[D](x)[0])
+
+
+# --- A single-colour image (issue 15): every map of the generator is constant, and its 21 norms at n_res 4 used to
+# multiply the gradient by 1/sqrt(ε) = 316 each, to inf and NaN. ch 8, n_res 4 is the smallest net we saw overflow.
+
+def test_instance_norm_of_a_constant_map_is_zero_without_gradient():
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    x[0, 1] = 1000.0
+    x[1, 2] = -3.0
+    x.requires_grad_()
+    y = InstanceNorm2d(3)(x)
+    dy = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    varies = torch.ones(2, 3, dtype=torch.bool)
+    varies[0, 1] = varies[1, 2] = False
+    assert torch.equal(y[~varies], torch.zeros(2, 5, 6, dtype=torch.float64))
+    assert torch.equal(dx[~varies], torch.zeros(2, 5, 6, dtype=torch.float64))
+    # Maps that vary: nn.InstanceNorm2d's values and gradients, bit for bit.
+    x2 = x.detach().requires_grad_()
+    y2 = nn.InstanceNorm2d(3)(x2)
+    (dx2,) = torch.autograd.grad(y2, x2, dy)
+    assert torch.equal(y[varies], y2[varies]) and torch.equal(dx[varies], dx2[varies])
+
+
+def test_a_single_colour_image_gives_finite_and_exact_gradients():
+    """The cycle A -> B -> A of Eq. (3) and the CAM loss of Eq. (5) on a grey image. Every weight of the encoder can
+    only move its constant maps by a constant, which the next norm removes: their exact gradient is 0."""
+    G_AB, G_BA = (ugatit.Generator(ch=8, n_res=4, img_size=32, light=True) for _ in range(2))
+    with torch.no_grad():  # non-zero constant maps into the decoders, as after some training
+        G_AB.cam.conv1x1.bias.normal_()
+        G_BA.cam.conv1x1.bias.normal_()
+    x = torch.full((1, 3, 32, 32), 0.2)
+    fake, cam, _ = G_AB(x)
+    loss = 10 * F.l1_loss(G_BA(fake)[0], x) + 1000 * F.binary_cross_entropy_with_logits(cam, torch.ones_like(cam))
+    loss.backward()
+    grads = {f"{i}.{n}": p.grad for i, G in enumerate((G_AB, G_BA)) for n, p in G.named_parameters()}
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert all(torch.equal(g, torch.zeros_like(g)) for n, g in grads.items() if ".encoder." in n)
+    # G_BA's decoder learns (its maps are non-zero constants); G_AB gets no gradient: its output is a constant image,
+    # and G_BA's first norm removes any constant change to it.
+    assert grads["1.upsampling.8.beta"].abs().max() > 0 and grads["1.upsampling.11.weight"].abs().max() > 0
+
+
+def test_training_on_single_colour_images_keeps_every_loss_finite(tmp_path):
+    """Issue 15's trainA, end to end: a grey 64×64, a 1×1 and a 1×5000 image (each resized to a constant crop)."""
+    data = tmp_path / "solid"
+    for domain in ("trainA", "trainB"):
+        (data / domain).mkdir(parents=True)
+    for name, size, colour in (("grey", (64, 64), (128, 128, 128)), ("dot", (1, 1), (200, 30, 30)),
+                               ("strip", (1, 5000), (20, 40, 220))):
+        Image.new("RGB", size, colour).save(data / "trainA" / f"{name}.png")
+    for i in range(2):
+        noise = torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8).numpy()
+        Image.fromarray(noise).save(data / "trainB" / f"{i}.png")
+    p = subprocess.run([sys.executable, str(ROOT / "ugatit.py"), "--dataset", str(data), "--result_dir",
+                        str(tmp_path / "runs"), "--img_size", "32", "--ch", "8", "--n_res", "4", "--n_dis", "4",
+                        "--light", "--log_freq", "1", "--iteration", "6"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})  # on a busy 2-core machine: 4 s, not 96
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "runs/ugatit/solid/log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))
+    assert all(math.isfinite(v) for r in log for k, v in r.items() if k not in ("step", "time", "lr"))
