@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.blocks import ImagePool, PatchGAN, init_normal, lsgan, lsgan_d, resnet_decoder, resnet_encoder
-from common.train import UsageError, add_bool, add_default, load_checkpoint, load_nets, main
+from common.train import UsageError, add_bool, add_default, load_checkpoint, load_nets, main, our_nets
 from kernels.blend import blend, blend_softmax
 
 # --- Defaults: the paper's hyperparameters (flag -> (value, source)) ------------------------------------------
@@ -214,7 +214,10 @@ class AttentionGAN:
         if not path.exists():
             raise UsageError(f"--weights {path}: no such file or folder")
         if path.is_file() and "_net_G_A" not in path.name:
-            load_nets(self.nets, load_checkpoint(path)["nets"], path)
+            nets = our_nets(load_checkpoint(path))
+            if nets is None:
+                raise UsageError(f"--weights {path}: not one of our checkpoints (nor the authors' <epoch>_net_G_A.pth)")
+            load_nets(self.nets, nets, path)
             return
         files = {k: (path / f"latest_net_{v}.pth" if path.is_dir() else path.with_name(path.name.replace("G_A", v)))
                  for k, v in AUTHORS_FILES.items()}
@@ -224,8 +227,12 @@ class AttentionGAN:
                                  f"<epoch>_net_G_A.pth and <epoch>_net_G_B.pth, or one of our checkpoints)")
         if self.args.scheme != "II" or not self.args.attention_g:
             raise UsageError(f"--weights {path}: the authors' generators are scheme II: use --scheme II")
-        load_nets({k: self.nets[k] for k in files}, {k: from_authors(load_checkpoint(f)) for k, f in files.items()},
-                  path)
+        states = {k: load_checkpoint(f) for k, f in files.items()}
+        for k, state in states.items():
+            if not isinstance(state, dict):
+                raise UsageError(f"--weights {files[k]}: not a generator's state dict (it holds a "
+                                 f"{type(state).__name__})")
+        load_nets({k: self.nets[k] for k in files}, {k: from_authors(v) for k, v in states.items()}, path)
 
     def train_step(self, real_A, real_B):
         """One iteration: the generators' update, then the discriminators' (CycleGAN's order, §3.4), both

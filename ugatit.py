@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.blocks import InstanceNorm2d, ResnetBlock, SNConv2d, SNLinear, conv, init_normal, lsgan
-from common.train import UsageError, add_bool, add_default, load_checkpoint, load_nets, main
+from common.train import UsageError, add_bool, add_default, load_checkpoint, load_nets, main, our_nets
 from kernels.adalin import adalin
 
 # --- Defaults: the paper's hyperparameters (flag -> (value, source)) ------------------------------------------
@@ -281,7 +281,12 @@ class UGATIT:
     def load_weights(self, path):
         """Start from a checkpoint: one of ours, or the authors' (keys renamed by AUTHORS_KEYS)."""
         state = load_checkpoint(path)
-        nets = state["nets"] if "nets" in state else {k: from_authors(v) for k, v in state.items()}
+        nets = our_nets(state)
+        if nets is None and isinstance(state, dict) and state and all(isinstance(v, dict) for v in state.values()):
+            nets = {k: from_authors(v) for k, v in state.items()}
+        if nets is None:
+            raise UsageError(f"--weights {path}: neither one of our checkpoints nor the authors' *_params_*.pt (a "
+                             f"dict of the six networks' state dicts)")
         load_nets(self.nets, nets, path)
 
     def d_loss(self, D, real, fake):

@@ -235,6 +235,11 @@ def load_checkpoint(path):
         raise UsageError(str(e)) from None
 
 
+def our_nets(state):
+    """The networks of one of our checkpoints, or None for anything else (the authors' weights, say)."""
+    return state["nets"] if isinstance(state, dict) and isinstance(state.get("nets"), dict) else None
+
+
 def load_nets(nets, saved, path):
     """Load state dicts, or name every key that does not fit: a checkpoint of another configuration."""
     problems = [f"{name} unexpected" for name in saved if name not in nets]

@@ -10,6 +10,14 @@ if not torch.cuda.is_available():
     # Without a GPU the Triton kernels run in Triton's interpreter, on CPU tensors (set before triton is imported).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The scripts the tests start run on one CPU thread. With two, on a loaded machine, a process now and then takes
+# another summation order in some kernel: measured on guidegan.py's tiny run, 1 of 8 runs' first loss differed in
+# the sixth digit (2.476240 against 2.476257) with two threads, 0 of 8 with one, which is what made the exact-resume
+# tests fail by chance. One thread each is also far faster when two processes share the two cores. This session
+# keeps its own thread count (read before the variable is set).
+torch.get_num_threads()
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 # The scripts' evaluations train their scoring networks once per folder: one folder for the whole session.
 os.environ.setdefault("ATTNGAN_SCORERS", tempfile.mkdtemp(prefix="attngan-scorers-"))
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import attentiongan
 import ugatit
 from common import checkpoints
 from common.train import Run, StopFlag, Stopped, UsageError, build_parser, parse_args, restore, save_checkpoint
@@ -305,3 +306,16 @@ def test_a_new_lr_applies_from_the_first_resumed_step(checkpoint):
     for k, o in model.optimizers.items():  # before any step: the rate Adam's next update uses
         assert schedulers[k].base_lrs == [checkpoint["args"]["lr"] / 10]
         assert o.param_groups[0]["lr"] == checkpoint["args"]["lr"] / 10 * 0.5
+
+
+def test_weights_that_are_no_checkpoint_are_one_line(tmp_path, T):
+    torch.save(torch.zeros(3), tmp_path / "w.pt")
+    one_line_error(run(tmp_path, *T, "--iteration", "1", "--weights", str(tmp_path / "w.pt"), check=False),
+                   "--weights", "w.pt", "neither one of our checkpoints")
+    parser = build_parser("attentiongan", "", attentiongan.DEFAULTS)
+    attentiongan.add_arguments(parser)
+    for content, words in ((torch.zeros(3), "not one of our checkpoints"), ({"step": 1}, "not one of our")):
+        torch.save(content, tmp_path / "w.pt")
+        args = parse_args(parser, ["--img_size", "32", "--ch", "4", "--weights", str(tmp_path / "w.pt")], {})
+        with pytest.raises(UsageError, match=words):
+            attentiongan.make_model(args, torch.device("cpu"))
