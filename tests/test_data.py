@@ -467,3 +467,20 @@ def test_class_sub_folders_are_labels(tmp_path):
     steps = UnpairedSteps(data["trainA"], data["trainB"], seed=0, info=True)
     labels = {steps[k][2]["label_A"] for k in range(6)}
     assert labels == {0, 1} and {steps[k][2]["label_B"] for k in range(6)} == {-1}
+
+
+def test_the_test_phase_counts_a_file_that_does_not_decode_once(tmp_path, capsys):
+    from common.train import translate_all
+
+    class Identity:
+        nets = {}
+
+        def translate(self, x, direction):
+            return x, None
+    for i in range(3):
+        solid(tmp_path / f"{i}.png", 40 * i)
+    truncated_jpeg(tmp_path / "1_cut.jpg")  # index 2, between 1.png and 2.png
+    with pytest.warns(UserWarning, match="1_cut.jpg"):
+        translate_all(Identity(), FolderDomain(tmp_path, S, train=False), "A2B", tmp_path / "out", torch.device("cpu"))
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["0.png", "1.png", "2.png"]
+    assert "A2B: 3 images" in capsys.readouterr().out
