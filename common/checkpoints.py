@@ -154,8 +154,12 @@ class RunLock:
         self.path = Path(folder) / ".lock"
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a+")
+        except OSError as e:
+            raise CheckpointError(f"cannot write in {self.path.parent} ({first_line(e)}): choose another "
+                                  f"--result_dir") from None
         if fcntl is None:
             return self
         try:

@@ -19,7 +19,8 @@ and optionally
 The harness sets `model.progress`, the fraction of --iteration done, before each train_step: the papers' schedules
 in epochs ("switch at epoch 30 of 100") follow it, and so scale with the length of the run.
 
-Runs live in <result_dir>/<model>/<dataset>/: checkpoints/latest.pt, samples/, log.jsonl, test/.
+Runs live in <result_dir>/<model>/<dataset>/: checkpoints/latest.pt and previous.pt (common.checkpoints), samples/,
+log.jsonl, test/, and .lock, held by the process that uses the folder.
 Exact resume: a training batch is a pure function of (--seed, step) (common.data.UnpairedSteps), and a checkpoint
 holds the networks, the optimizers, the learning-rate schedule, the step and the RNG states.
 """
@@ -382,8 +383,7 @@ def restore(model, schedulers, state, run, lr):
     load_nets(model.nets, state["nets"], run.checkpoint)
     for part, objects in (("optimizers", model.optimizers), ("schedulers", schedulers),
                           ("pools", getattr(model, "pools", {}))):
-        unknown = set(state[part]) - set(objects)
-        if unknown or set(objects) - set(state[part]):
+        if set(state[part]) != set(objects):
             raise UsageError(f"{run.checkpoint} was written by another configuration ({part} "
                              f"{sorted(state[part])} vs {sorted(objects)} here); use the flags it was trained with")
         for k, o in objects.items():
@@ -391,7 +391,8 @@ def restore(model, schedulers, state, run, lr):
     set_rng_state(state["rng"])
     old = state["args"]["lr"]
     if lr is not None and lr != old:
-        for o, s in ((o, schedulers[k]) for k, o in model.optimizers.items()):
+        for k, o in model.optimizers.items():
+            s = schedulers[k]
             s.base_lrs = [lr if b == old else b * lr / old for b in s.base_lrs]
             for group, base, factor in zip(o.param_groups, s.base_lrs, s.lr_lambdas):
                 group["initial_lr"], group["lr"] = base, base * factor(s.last_epoch)
@@ -476,6 +477,7 @@ def train(model, args, data, run, device):
 
 
 def kept(run):
+    """What a stopped run leaves, for its error line."""
     if checkpoints.exists(run.checkpoint):
         return f"the last good checkpoint ({run.checkpoint}) is kept; --resume continues from it (a lower --lr " \
                f"or loss weight may help)"
