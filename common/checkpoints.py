@@ -91,6 +91,8 @@ def read(path):
     """The object in a torch file, its stored CRC-32s checked first (zip format; old-format files, such as some of
     the authors' weights, have none to check). Code-executing pickles are refused (weights_only)."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
     try:
         if path.stat().st_size == 0:
             raise CheckpointError(f"{path} is empty (a save that never finished?)")
@@ -131,14 +133,13 @@ def load_latest(path, parts=KEYS):
     previous = previous_of(path)
     try:
         return load(path, parts)
-    except (CheckpointError, FileNotFoundError) as e:
+    except CheckpointError as e:
         if not previous.exists():
-            raise CheckpointError(str(e) if isinstance(e, CheckpointError) else f"no checkpoint at {path}") from None
-        problem = str(e) if isinstance(e, CheckpointError) else f"{path} is missing"
+            raise
         state = load(previous, parts)
         if path.exists():
             os.replace(path, path.with_name(path.name + ".damaged"))
-        print(f"{problem}; using {previous} (iteration {state['step']}) instead")
+        print(f"{e}; using {previous} (iteration {state['step']}) instead")
         return state
 
 

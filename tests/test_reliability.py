@@ -319,3 +319,9 @@ def test_weights_that_are_no_checkpoint_are_one_line(tmp_path, T):
         args = parse_args(parser, ["--img_size", "32", "--ch", "4", "--weights", str(tmp_path / "w.pt")], {})
         with pytest.raises(UsageError, match=words):
             attentiongan.make_model(args, torch.device("cpu"))
+
+
+def test_a_kill_between_the_two_renames_leaves_previous_pt_to_resume_from(tmp_path, checkpoint, capsys):
+    torch.save(checkpoint, tmp_path / "previous.pt")  # latest.pt moved aside, the new one not yet in its place
+    assert checkpoints.load_latest(tmp_path / "latest.pt")["step"] == checkpoint["step"]
+    assert "latest.pt is missing; using" in capsys.readouterr().out
