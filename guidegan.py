@@ -3,18 +3,17 @@
 
 The idea. A discriminator sees where a fake goes wrong; GuideGAN makes it say so. Its discriminator returns, with
 its verdict, an attention map: where it looked. The generator then reads that map beside its input, x ⊕ M_x, so it
-knows where the discriminator will look next time. The map for a training image is the one the discriminator
-produced for that image's translation the last time it was seen (all ones the first time): Eq. (1) iterates
-y'^(k+1) = G(x ⊕ T(D(y'^(k)))). The map comes either post hoc, from the activations of the discriminator's 4th
+knows where the discriminator will look next time. Eq. (1) iterates y'^(k+1) = G(x ⊕ T(D(y'^(k)))), starting
+from the all-ones map of an image seen for the first time. The map comes either post hoc, from the activations of the discriminator's 4th
 conv layer (Eq. 2), or from a trainable residual-attention branch inside the discriminator (Eq. 3, after Wang et
 al.'s RAN), and enters the generator either as a per-pixel weight, (M + 1)·x (Eq. 4), or as an alpha channel (Eq. 5).
 The framework wraps pix2pix (supervised, paired data) and CycleGAN (unsupervised).
 
 Map of the paper to this file:
-    Eq. (1)  the generator reads x ⊕ M_x, M_x cached per image    AttentionCache, GuideGAN.guided
+    Eq. (1)  y1 = G(x ⊕ T(D(y0))), y0 = G(x ⊕ T(1))               GuideGAN.eq1, used by train_step and translate
     Eq. (2)  post hoc attention: minmax(mean_c |a_4,c|)           PosthocD
     Eq. (3)  E = (M + 1)·T, RAM discriminator (Fig. 6, App. A)    RAMD
-    Eq. (4)  residual concatenation x' = (M + 1)·x               Transfer, --concat residual
+    Eq. (4)  residual concatenation x' = (M + 1)·x, on [0, 1]     Transfer, --concat residual
     Eq. (5)  RGBA concatenation x' = {x_r, x_g, x_b, g(M; φ)}      Transfer, --concat rgba
     Eq. (7)  LSGAN                                               GuideGAN.train_step
     Eq. (8)  L1 to the ground truth (supervised)                 GuideGAN.train_step, --l1_weight
@@ -38,23 +37,30 @@ Our choices where the paper is silent or loose:
   three; the mask branch takes the extractor's output through two 4×4 stride-2 convs (2ndf, 4ndf), two 3×3 convs
   (8ndf) and a bilinear up-sampling onto the trunk's grid, then a sigmoid, so M has the trunk's shape; the classifier
   is PatchGAN's last conv.
-- g(M; φ) of Eq. (5) is a per-pixel MLP, 1 -> 16 -> 1 (1×1 convs, ReLU, then tanh so the alpha channel has the
-  images' range [-1, 1]), trained with the generators. T is shared by both directions (§3.1).
-- The cached map of x is the one D gave while judging G's fake from x in G's step (D before its own update).
-  With random crops (real folders) the map is the previous crop's, up to 30 px off; the embedded data is not
-  cropped. Maps are cached in fp16 on the device.
-- In the unsupervised cycle the way back, G_Y(G_X(x')), reads an all-ones map: a translated image has no history,
-  as every image at the start of training (§3.1).
-- At inference Eq. (1) runs once: y0 from the all-ones map, M from D on y0, y1 = G(x ⊕ T(M)).
+- Eq. (1) runs within each step, k = 0 and 1: y0 = G(x ⊕ T(1)), M = D's map of y0, y1 = G(x ⊕ T(M)), the way
+  translate runs it on a test image. The paper's iteration count k is loose enough to read as "each image keeps
+  the map D gave its last translation", but then a map is an epoch old when it is read (at this preset, 2000
+  images: no map at all for the first 2000 steps), and a test image has none. G's losses (Eq. 9, 11) are the mean
+  over y0 and y1, so G learns both the first attempt every image starts with and the guided one; D trains on y1.
+  M is detached: D's map guides G, G's loss does not shape D's map.
+- The residual form of Eq. (4) on the [0, 1] pixel scale the paper's reason assumes, halved so that the all-ones
+  map gives the image itself: x'01 = (M + 1)·x01 / 2 (Transfer).
+- RAM's map is min-maxed per image as post hoc's (Eq. 2's g), so that both maps span [0, 1] (RAMD says why).
+- g(M; φ) of Eq. (5) is 2M − 1 plus a per-pixel MLP, 1 -> 16 -> 1 (1×1 convs, ReLU), whose last layer starts at
+  zero: the alpha channel starts as the map on the images' scale, and g learns from there. T is shared by both
+  directions (§3.1) and trained with the generators.
+- In the unsupervised cycle the way back, G_Y(y'), starts from the all-ones map, as every image does.
 - The adversarial weight 10 scales G's LSGAN term; D's objective is LSGAN halved (pix2pix, CycleGAN).
-- --attention none is the baseline without attention: plain pix2pix (supervised) or CycleGAN (unsupervised).
+- --attention none is the baseline without attention, with GuideGAN's weights 10 and 10; pix2pix and CycleGAN as
+  their papers run them are --adv_weight 1 --l1_weight 100 and --adv_weight 1 --l1_weight 10 (ABLATIONS), with
+  LSGAN throughout (pix2pix's paper uses the log loss).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from common.blocks import ImagePool, PatchGAN, init_normal, lsgan, lsgan_d, resnet_decoder, resnet_encoder
-from common.train import add_bool, add_default, main
+from common.train import UsageError, add_bool, add_default, main
 
 # --- Defaults: the paper's hyperparameters (flag -> (value, source)) ------------------------------------------
 DEFAULTS = {
@@ -77,24 +83,29 @@ DEFAULTS = {
 }
 # `python guidegan.py` with no --dataset: the embedded shapes_paired (photo <-> label) at a size a 2-core CPU
 # trains in minutes (benchmarks/train_step.py guidegan --img_size 64 --ngf 16 --ndf 16).
-SHAPES_PRESET = dict(dataset="shapes_paired", img_size=64, ngf=16, ndf=16, iteration=3000, print_freq=500,
+# Unsupervised, 3 residual blocks: a run of either mode takes under 10 minutes on one core.
+SHAPES_PRESET = dict(dataset="shapes_paired", img_size=64, ngf=16, ndf=16, n_res=3, iteration=2000, print_freq=500,
                      save_freq=500)
 # Tables 2 (supervised) and 1 (unsupervised) for benchmarks/ablation.py: row -> the flags that make it, each
-# table's full model first; attention × concatenation, and the no-attention row (pix2pix / CycleGAN).
+# table's full model first; attention × concatenation, then two rows without attention: GuideGAN's losses (what
+# the map is measured against) and pix2pix / CycleGAN with their own papers' weights (pix2pix: λ_adv 1, λ_L1 100;
+# CycleGAN: λ_adv 1, λ_cyc 10).
 ABLATIONS = {
     "Table 2 (supervised)": {
         "post hoc, residual": [],
         "post hoc, RGBA": ["--concat", "rgba"],
         "RAM, residual": ["--attention", "ram"],
         "RAM, RGBA": ["--attention", "ram", "--concat", "rgba"],
-        "none (pix2pix)": ["--attention", "none"],
+        "none, GuideGAN's losses": ["--attention", "none"],
+        "pix2pix": ["--attention", "none", "--adv_weight", "1", "--l1_weight", "100"],
     },
     "Table 1 (unsupervised)": {
         "unsupervised post hoc, residual": ["--mode", "unsupervised"],
         "unsupervised post hoc, RGBA": ["--mode", "unsupervised", "--concat", "rgba"],
         "unsupervised RAM, residual": ["--mode", "unsupervised", "--attention", "ram"],
         "unsupervised RAM, RGBA": ["--mode", "unsupervised", "--attention", "ram", "--concat", "rgba"],
-        "none (CycleGAN)": ["--mode", "unsupervised", "--attention", "none"],
+        "unsupervised none, GuideGAN's losses": ["--mode", "unsupervised", "--attention", "none"],
+        "CycleGAN": ["--mode", "unsupervised", "--attention", "none", "--adv_weight", "1", "--l1_weight", "10"],
     },
 }
 
@@ -148,21 +159,26 @@ def resize(a, x):
     return F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def minmax(m):
+    """g(·) of Eq. (2): each image's map stretched onto [0, 1]."""
+    low, high = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
+    return (m - low) / (high - low).clamp_min(1e-12)
+
+
 class PosthocD(PatchGAN):
     """The 5-conv PatchGAN (Appendix A) with post hoc attention, Eq. (2): M = minmax(mean_c |a_4,c|), a_4 the 4th
     conv layer's activations (after its norm and LeakyReLU), resized to the input. forward -> (logits, M)."""
 
     def forward(self, x):
         a = self.model[:-1](x)  # everything up to the last conv: a_4
-        m = a.abs().mean(1, keepdim=True)
-        low, high = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
-        M = (m - low) / (high - low).clamp_min(1e-12)  # g(·) of Eq. 2: min-max per image
+        M = minmax(a.abs().mean(1, keepdim=True))
         return self.model[-1](a), resize(M, x[:, :1]).detach()
 
 
 class RAMD(nn.Module):
     """The residual-attention discriminator (Appendix A, Fig. 6): a feature extractor, a trunk T, a mask branch M,
-    E = (M + 1)·T (Eq. 3) and a classifier. forward -> (logits, the channel mean of M resized to the input)."""
+    E = (M + 1)·T (Eq. 3) and a classifier. forward -> (logits, the channel mean of M, min-maxed as Eq. 2's map,
+    resized to the input)."""
 
     def __init__(self, in_ch, ndf):
         super().__init__()
@@ -181,7 +197,9 @@ class RAMD(nn.Module):
         T = self.trunk(f)
         M = torch.sigmoid(resize(self.mask(f), T))  # the up-sampling layer onto T's grid, then the sigmoid
         E = (M + 1) * T  # Eq. (3)
-        return self.classifier(E), resize(M.mean(1, keepdim=True), x[:, :1]).detach()
+        # The mean of 8·ndf sigmoids spans a few hundredths of [0, 1] (0.03 at initialisation): G would read it as
+        # a near-constant gain, which its normalisations remove. On post hoc's scale it says where D looks.
+        return self.classifier(E), resize(minmax(M.mean(1, keepdim=True)), x[:, :1]).detach()
 
 
 class PlainD(PatchGAN):
@@ -192,43 +210,30 @@ class PlainD(PatchGAN):
 
 
 class Transfer(nn.Module):
-    """The attention transfer T (§3.3), shared by both generators: M -> x'."""
+    """The attention transfer T (§3.3), shared by both generators: (x, M) -> x', M in [0, 1] per pixel."""
 
     def __init__(self, concat):
         super().__init__()
         self.concat = concat
         if concat == "rgba":
-            self.g = nn.Sequential(nn.Conv2d(1, 16, 1), nn.ReLU(True), nn.Conv2d(16, 1, 1), nn.Tanh())
+            # g(M; φ) = a·M + b + h(M): the alpha channel starts as 2M − 1 (attended pixels opaque, 1; the rest
+            # transparent, −1, on the images' scale), and the per-pixel MLP h, whose last layer starts at zero,
+            # learns what bend it needs.
+            self.affine = nn.Conv2d(1, 1, 1)
+            self.h = nn.Sequential(nn.Conv2d(1, 16, 1), nn.ReLU(True), nn.Conv2d(16, 1, 1))
+            with torch.no_grad():
+                self.affine.weight.fill_(2.0)
+                self.affine.bias.fill_(-1.0)
+                self.h[-1].weight.zero_()
+                self.h[-1].bias.zero_()
 
     def forward(self, x, M):
         if self.concat == "residual":
-            return (M + 1) * x  # Eq. (4)
-        return torch.cat([x, self.g(M)], 1)  # Eq. (5): x_r, x_g, x_b and the alpha channel g(M; φ)
-
-
-class AttentionCache:
-    """Eq. (1)'s memory: for each training image, the map D produced for its last translation, all ones before the
-    first (§3.1). Saved with the checkpoints (the harness treats it as a pool), so --resume continues exactly."""
-
-    def __init__(self):
-        self.maps = {}
-
-    def get(self, index, x):
-        """The maps of images `index` (a tensor), N×1×H×W like x."""
-        ones = x.new_ones(1, *x.shape[2:])
-        return torch.stack([self.maps[i].to(x.device, x.dtype) if i in self.maps else ones for i in index.tolist()])
-
-    def put(self, index, maps):
-        for i, m in zip(index.tolist(), maps):
-            self.maps[i] = m.detach().half()
-
-    def state_dict(self):
-        index = sorted(self.maps)
-        return {"index": torch.tensor(index, dtype=torch.long),
-                "maps": torch.stack([self.maps[i].cpu() for i in index]) if index else torch.empty(0)}
-
-    def load_state_dict(self, state):
-        self.maps = dict(zip(state["index"].tolist(), state["maps"]))
+            # Eq. (4) on the [0, 1] pixel scale the paper argues on ("dot production ... will degrade the pixel
+            # value"), halved: x'01 = (M + 1)·x01 / 2, so the all-ones map gives x itself and an unattended pixel
+            # keeps half its value. On [-1, 1], (M + 1)·x would scale contrast by sign and carry nothing at grey.
+            return (M + 1) * (x + 1) / 2 - 1
+        return torch.cat([x, self.affine(M) + self.h(M)], 1)  # Eq. (5): x_r, x_g, x_b and the alpha g(M; φ)
 
 
 # --- Losses and the training step -------------------------------------------------------------------------------
@@ -237,14 +242,15 @@ DISCRIMINATORS = {"posthoc": PosthocD, "ram": RAMD, "none": PlainD}
 
 
 class GuideGAN:
-    batch_info = True  # each image's index, for its cached map
-
     def __init__(self, args, device):
+        if args.attention == "none" and args.concat != "residual":
+            raise UsageError(f"--concat {args.concat}: --attention none gives no map to concatenate; leave --concat "
+                             "out or choose --attention posthoc or ram")
         self.supervised = self.paired = args.mode == "supervised"
         self.attention = args.attention
-        # RAM's mask ends in a sigmoid; the post hoc map has no scale of its own, only Eq. 2's min-max per image
+        # Both maps are min-maxed per image (Eq. 2's g; RAMD says why for RAM's): no scale of their own
         # (common.metrics).
-        self.attention_scale = "probability" if args.attention == "ram" else "unbounded"
+        self.attention_scale = "unbounded"
         in_ch = 4 if args.attention != "none" and args.concat == "rgba" else 3
         if self.supervised:
             make_G = lambda: unet(in_ch, args.ngf, n_down(args.img_size), args.dropout)  # noqa: E731
@@ -255,57 +261,73 @@ class GuideGAN:
         D = DISCRIMINATORS[args.attention]
         self.G_X, self.G_Y = make_G().to(device), make_G().to(device)
         self.D_Y, self.D_X = D(d_in, args.ndf).to(device), D(d_in, args.ndf).to(device)
-        self.T = Transfer(args.concat).to(device)
         self.nets = dict(G_X=self.G_X, G_Y=self.G_Y, D_Y=self.D_Y, D_X=self.D_X)
-        if args.attention != "none" and args.concat == "rgba":
-            self.nets["T"] = self.T
         for net in self.nets.values():
             init_normal(net)  # N(0, 0.02), as pix2pix and CycleGAN
+        self.T = Transfer(args.concat).to(device)  # after init_normal: g(M; φ) has its own start (Transfer)
+        if args.attention != "none" and args.concat == "rgba":
+            self.nets["T"] = self.T
         adam = dict(lr=args.lr, betas=(0.5, 0.999), weight_decay=args.weight_decay,
                     fused=device.type in ("cpu", "cuda"))
         self.optimizers = {
             "G": torch.optim.Adam([p for k in ("G_X", "G_Y", "T") if k in self.nets
                                    for p in self.nets[k].parameters()], **adam),
             "D": torch.optim.Adam([*self.D_Y.parameters(), *self.D_X.parameters()], **adam)}
-        self.cache = {"A": AttentionCache(), "B": AttentionCache()}
-        self.pools = {"attention_A": self.cache["A"], "attention_B": self.cache["B"]}
-        if not self.supervised:
-            self.pools.update(fake_A=ImagePool(args.pool_size), fake_B=ImagePool(args.pool_size))
+        self.pools = {} if self.supervised else dict(fake_A=ImagePool(args.pool_size),
+                                                     fake_B=ImagePool(args.pool_size))
         self.adv_weight, self.l1_weight = args.adv_weight, args.l1_weight
 
     def guided(self, G, x, M):
-        """G(x ⊕ T(M)), Eq. (1); G(x) without attention."""
-        return G(x) if self.attention == "none" else G(self.T(x, M))
+        """G(x ⊕ T(M)): the generator's input of Eq. (1)."""
+        return G(self.T(x, M))
+
+    def unguided(self, G, x):
+        """G from the all-ones map, k = 0 of Eq. (1); G(x) without attention."""
+        return G(x) if self.attention == "none" else self.guided(G, x, torch.ones_like(x[:, :1]))
 
     def judge(self, D, x, y):
         """D's (logits, attention) for y, translated from x: conditional in the supervised mode."""
         return D(torch.cat([x, y], 1)) if self.supervised else D(y)
 
-    def train_step(self, x, y, info):
-        """One iteration for both directions: G_X, G_Y (and g's φ) take a step on Eq. (9) or (11), the maps D gave
-        for this step's fakes replace the cached ones, then D_Y and D_X take a step."""
-        fake_y = self.guided(self.G_X, x, self.cache["A"].get(info["index_A"], x))  # y' = G_X(x ⊕ M_x)
-        fake_x = self.guided(self.G_Y, y, self.cache["B"].get(info["index_B"], y))
+    def eq1(self, G, D, x):
+        """Eq. (1) for k = 0, 1: y0 = G(x ⊕ T(1)) from the all-ones map an image starts with (§3.1), M = D's map
+        of y0, y1 = G(x ⊕ T(M)). Returns (y0, D's logits for y0, M, y1). train_step and translate both run it,
+        so the map G reads in training is the one it reads at test time: D's view of G's own first attempt."""
+        y0 = self.unguided(G, x)
+        logits0, M = self.judge(D, x, y0)
+        return y0, logits0, M, self.guided(G, x, M)
+
+    def translations(self, G, D, x):
+        """The iterates G is trained on, each with D's logits: y0 and y1 of Eq. (1); G(x) without attention."""
+        if self.attention == "none":
+            y = self.unguided(G, x)
+            return [(y, self.judge(D, x, y)[0])]
+        y0, logits0, _, y1 = self.eq1(G, D, x)
+        return [(y0, logits0), (y1, self.judge(D, x, y1)[0])]
+
+    def train_step(self, x, y):
+        """One iteration for both directions: G_X, G_Y (and g's φ) take a step on Eq. (9) or (11), averaged over
+        the iterates of Eq. (1), then D_Y and D_X on the translations y1 (the output translate gives)."""
         self.D_X.requires_grad_(False)
         self.D_Y.requires_grad_(False)
-        logits_y, M_x = self.judge(self.D_Y, x, fake_y)
-        logits_x, M_y = self.judge(self.D_X, y, fake_x)
-        losses = {"G_adv": lsgan(logits_y, 1) + lsgan(logits_x, 1)}  # Eq. (7), G's side
-        if self.supervised:
-            losses["G_l1"] = F.l1_loss(fake_y, y) + F.l1_loss(fake_x, x)  # Eq. (8)
-        else:  # Eq. (10): the way back reads an all-ones map (a fake has no cached one)
-            losses["G_l1"] = (F.l1_loss(self.guided(self.G_Y, fake_y, torch.ones_like(fake_y[:, :1])), x)
-                              + F.l1_loss(self.guided(self.G_X, fake_x, torch.ones_like(fake_x[:, :1])), y))
+        to_B = self.translations(self.G_X, self.D_Y, x)  # x -> y', judged by D_Y
+        to_A = self.translations(self.G_Y, self.D_X, y)
+        mean = lambda terms: sum(terms) / len(terms)  # noqa: E731
+        losses = {"G_adv": mean([lsgan(logits, 1) for _, logits in to_B])
+                  + mean([lsgan(logits, 1) for _, logits in to_A])}  # Eq. (7), G's side
+        if self.supervised:  # Eq. (8)
+            losses["G_l1"] = mean([F.l1_loss(f, y) for f, _ in to_B]) + mean([F.l1_loss(f, x) for f, _ in to_A])
+        else:  # Eq. (10): the way back starts, as every image does, from the all-ones map
+            losses["G_l1"] = (mean([F.l1_loss(self.unguided(self.G_Y, f), x) for f, _ in to_B])
+                              + mean([F.l1_loss(self.unguided(self.G_X, f), y) for f, _ in to_A]))
         losses["G"] = self.adv_weight * losses["G_adv"] + self.l1_weight * losses["G_l1"]  # Eq. (9), (11)
         losses["G"].backward()
         self.optimizers["G"].step()
         self.optimizers["G"].zero_grad(set_to_none=True)
         self.D_X.requires_grad_(True)
         self.D_Y.requires_grad_(True)
-        if self.attention != "none":
-            self.cache["A"].put(info["index_A"], M_x)
-            self.cache["B"].put(info["index_B"], M_y)
 
+        fake_y, fake_x = to_B[-1][0], to_A[-1][0]
         losses["D"] = self.d_loss(self.D_Y, x, y, fake_y, "fake_B") + self.d_loss(self.D_X, y, x, fake_x, "fake_A")
         losses["D"].backward()
         self.optimizers["D"].step()
@@ -321,14 +343,12 @@ class GuideGAN:
 
     # --- Inference --------------------------------------------------------------------------------------------
     def translate(self, x, direction="A2B"):
-        """Eq. (1) once: y0 from the all-ones map, M from the target domain's D on y0, y1 = G(x ⊕ T(M)). Returns
-        (y1, M); (G(x), None) without attention."""
+        """Eq. (1) as in training: (y1, M); (G(x), None) without attention."""
         G, D = (self.G_X, self.D_Y) if direction == "A2B" else (self.G_Y, self.D_X)
         if self.attention == "none":
-            return G(x), None
-        y0 = self.guided(G, x, torch.ones_like(x[:, :1]))
-        _, M = self.judge(D, x, y0)
-        return self.guided(G, x, M), M
+            return self.unguided(G, x), None
+        _, _, M, y1 = self.eq1(G, D, x)
+        return y1, M
 
 
 def add_arguments(parser):
