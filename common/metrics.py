@@ -18,11 +18,12 @@ object is, which gives three numbers per direction (A2B: apples -> oranges, B2A:
 
 How a map is read depends on what the paper defines it as (``attention_scale``):
 * "probability": a map in [0, 1] by construction, meaning "how much of the output comes from
-  the translation here": UAIT's A_S/A_T and AttentionGAN's masks (sigmoids, softmaxes), DA-GAN's
-  soft box masks, GuideGAN's RAM mask (a sigmoid). It is thresholded at 0.5 on its own scale:
+  the translation here": UAIT's A_S/A_T and AttentionGAN's masks (sigmoids, softmaxes) and DA-GAN's
+  soft box masks. It is thresholded at 0.5 on its own scale:
   a mask that stays below 0.5 inside the object has not marked it, however it is shaped.
 * "unbounded": a map with no scale of its own: U-GAT-IT's CAM heatmap (a sum of ReLU
-  features) and GuideGAN's post hoc map (Eq. 2's min-max per image of conv features). Its
+  features) and GuideGAN's maps (Eq. 2's min-max per image of conv features, post hoc; of its
+  RAM mask's channel mean, which guidegan.RAMD puts on post hoc's scale). Its
   values are min-max normalised once over the whole test set of a direction, never per image:
   a per-image rescaling would stretch a weak map with one bright halo off the object until the
   halo counted as the object, rewarding contrast rather than a map that finds the object.
