@@ -135,12 +135,66 @@ def test_one_step_updates_every_network():
     assert all(changed(m, before, k) for k in ("DAE", "G", "C", "D1", "D2"))
 
 
-def test_full_objective_is_eq_9():
+def step_gradients(m, *batch_):
+    """Run train_step; return each optimizer's gradients as its step saw them, in parameter order."""
+    seen = {}
+    for name, opt in m.optimizers.items():
+        def step(*args, _opt=opt, _orig=opt.step, _name=name, **kwargs):
+            seen[_name] = [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                           for g in _opt.param_groups for p in g["params"]]
+            return _orig(*args, **kwargs)
+        opt.step = step
+    m.train_step(*batch_)
+    return seen
+
+
+def written_out_objectives(m, s, t, info, alpha, beta, cls_weight):
+    """Eq. (5)-(9) from the paper on a copy of the networks: F's loss (G non-saturating; d the classifier's pooled
+    features with the classifier held fixed, a frozen copy; the regulariser's cross-entropy on S's and T's labels),
+    then D1's and D2's (Eq. 7-8: t real, F(s) resp. F(t) fake)."""
+    bce = lambda logits, real: torch.nn.functional.binary_cross_entropy_with_logits(  # noqa: E731
+        logits, torch.full_like(logits, float(real)))
+    fixed = copy.deepcopy(m.C).requires_grad_(False)
+    d = lambda u, v: (fixed.features(u) - fixed.features(v)).abs().mean()  # noqa: E731
+    latent_s, latent_t = m.DAE(s)[0], m.DAE(t)[0]
+    fake_s, fake_t = m.G(latent_s), m.G(latent_t)
+    cst = d(latent_s, m.DAE(fake_s)[0])  # Eq. (5): s against F(s)
+    sym = d(latent_t, m.DAE(fake_t)[0])  # Eq. (6): t against F(t)
+    latents, labels = torch.cat([latent_t, latent_s]), torch.cat([info["label_B"], info["label_A"]])
+    cls = torch.nn.functional.cross_entropy(m.C(latents[labels >= 0]), labels[labels >= 0])
+    F_loss = bce(m.D1(fake_s), 1) + bce(m.D2(fake_t), 1) + alpha * cst + beta * sym + cls_weight * cls
+    D_loss = (bce(m.D1(t), 1) + bce(m.D1(fake_s.detach()), 0)
+              + bce(m.D2(t), 1) + bce(m.D2(fake_t.detach()), 0))
+    return F_loss, D_loss
+
+
+def test_step_follows_the_written_out_objectives():
+    """Every gradient F's and D's optimizers step on is that of Eq. (9) and Eq. (7)-(8) written out: L_sym paired
+    with DAE(s), G's D2 term or D2's fake taken from F(s), or a detached L_cst changes them."""
+    torch.manual_seed(0)
     m = model("--alpha", "0.3", "--beta", "2", "--cls_weight", "0.5")
-    losses = m.train_step(*batch())
-    expected = (losses["G_adv_s"] + losses["G_adv_t"] + 0.3 * losses["cst"] + 2 * losses["sym"]
-                + 0.5 * losses["cls"])
-    torch.testing.assert_close(losses["G"], expected)
+    for net in m.nets.values():
+        net.double()  # float64, so that rounding stays far below any planted bug
+    s, t, info = batch()
+    s, t = s.double(), t.double()
+    reference = copy.deepcopy(m)
+    seen = step_gradients(m, s, t, info)
+    F_loss, D_loss = written_out_objectives(reference, s, t, info, 0.3, 2, 0.5)
+    for name, loss in (("F", F_loss), ("D", D_loss)):
+        params = [p for g in reference.optimizers[name].param_groups for p in g["params"]]
+        expected = torch.autograd.grad(loss, params, allow_unused=True)
+        for got, want in zip(seen[name], expected, strict=True):
+            torch.testing.assert_close(got, torch.zeros_like(got) if want is None else want, rtol=1e-7, atol=1e-10)
+
+
+def test_centres_are_eq1_from_f_loc():
+    """Eq. (1) written out from f_loc's layers: conv, BN, ReLU, average pool, linear, tanh, with nothing between."""
+    m = model()
+    torch.nn.init.normal_(m.DAE.f_loc[-2].weight, 0, 0.5)  # off the centre
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    conv, bn, _, _, _, linear, _ = m.DAE.f_loc
+    h = torch.relu(bn(conv(m.DAE.E(x)))).mean((2, 3))
+    torch.testing.assert_close(m.DAE.boxes(x)[0], torch.tanh(linear(h)).view(4, 1, 2))
 
 
 @pytest.mark.parametrize("flag, gone", [("--cst", {"cst"}), ("--sym", {"sym"}), ("--D2", {"G_adv_t"})])
