@@ -41,6 +41,8 @@ Where the paper is silent, our choices (each a flag where it is a number):
   the target's digits. SVHN-like -> MNIST-like accuracy after 1000 iterations of the preset: 0.44 at 0.5, 0.75 at
   0.75, 0.63 at 1.
 - f_loc: conv, global average pool, linear, tanh; its last layer starts at zero, so every box starts centred.
+- The crop R_i = X ∘ M_i is taken on [0, 1] pixels, so what a box leaves out is black, the MNIST-like background
+  (on [-1, 1] it would be mid-grey: a grey frame around every region).
 - Widths: E has ch, 2ch, 4ch channels (S -> S/4); G starts with a 3×3 conv from the N concatenated instances to
   4ch, then --n_res residual blocks, two up-sampling blocks and a 3×3 conv to RGB with tanh; D has three 4×4
   stride-2 blocks and one fully connected unit.
@@ -143,7 +145,9 @@ class DAE(nn.Module):
         if not self.attend:
             return self.E(X), None
         centres, halves = self.boxes(X)
-        R = box_crop(X, centres, halves, self.k)  # Eq. (4) and R_i = X ∘ M_i: B×N×3×S×S
+        # Eq. (4) and R_i = X ∘ M_i on [0, 1] pixels: what the box leaves out is black (−1 here), as the target's
+        # background, not the mid-grey 0 that X ∘ M_i gives on [-1, 1]. B×N×3×S×S.
+        R = box_crop(X + 1, centres, halves, self.k) - 1
         inst = self.E(R.flatten(0, 1))            # Eq. (3): the same E on every region
         return inst.view(len(X), -1, *inst.shape[2:]), centres
 
@@ -274,6 +278,11 @@ class DAGAN:
         centres, halves = self.DAE.boxes(x)
         return box_masks(centres, halves, x.shape[2], x.shape[3], self.k)
 
+    def boxes(self, x):
+        """The boxes' centres and half-sizes (B×N×2, Eq. 1-2), None without the DAE: what common.digits scores
+        against the labelled digit's true box."""
+        return self.DAE.boxes(x) if self.DAE.attend else None
+
     def translate(self, x, direction="A2B"):
         """F(x), and the attention: the union of the boxes' soft masks (None without the DAE)."""
         attention = self.masks(x).sum(1, keepdim=True).clamp(max=1) if self.DAE.attend else None
@@ -289,7 +298,8 @@ class DAGAN:
         eroded = -F.max_pool2d(-hard, 3, 1, 1)
         edge = (hard - eroded).amax(1, keepdim=True)
         yellow = torch.tensor([1.0, 1.0, -1.0], device=x.device).view(1, 3, 1, 1)
-        return [torch.where(edge > 0, yellow, x), *(x * masks[:, i:i + 1] for i in range(masks.shape[1])), y]
+        regions = ((x + 1) * masks[:, i:i + 1] - 1 for i in range(masks.shape[1]))  # R_i, as DAE.forward
+        return [torch.where(edge > 0, yellow, x), *regions, y]
 
 
 def add_arguments(parser):

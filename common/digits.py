@@ -7,20 +7,25 @@ shifted and drawn with a random stroke width. The rendering is analytic: a pixel
 nearest stroke segment, against half the stroke width, with a one-pixel ramp for anti-aliasing.
 
 * B, MNIST-like: one white digit, centred and large, on black; grey replicated to RGB.
-* A, SVHN-like: the labelled digit, smaller, in a random colour, over a cluttered background (a two-colour
-  gradient, low-frequency blotches, pixel noise), with parts of neighbouring digits at the left and right edges, as
-  in SVHN's crops of house numbers. The digit's brightness differs from the background's by at least 0.3 (on
+* A, SVHN-like: the labelled digit, smaller, in a random colour, its centre anywhere in the middle 0.3 of the side
+  (``CENTRE_RANGE``), over a cluttered background (a two-colour gradient, low-frequency blotches, pixel noise), with
+  parts of neighbouring digits to its left and right, as in SVHN's crops of house numbers. The digit's brightness differs from the background's by at least 0.3 (on
   [0, 1]), dark on light or light on dark at random, so it stays readable.
 
 Every image and label is a pure function of ``(seed, domain, split, index)`` (a numpy SeedSequence), so images are
 identical across processes, and A and B with the same index share nothing (unpaired). Labels are uniform over 0-9.
 ``img_size`` changes only the rendering: image 7 at 32 px and at 64 px shows the same digit. Images are rendered on
-first use and kept (5000 training images per domain at 32 px: 60 MB).
+first use and kept, each with the labelled digit's own ink and bounding box, the ground truth of an attention box
+(5000 training images per domain at 32 px: 80 MB).
 
 The evaluation of §4.3: ``classifier`` trains a small CNN on B's training images and labels only (the labels an
 unsupervised domain adaptation may use) and keeps it in a cache folder; ``report`` gives its accuracy on the test
 set of A translated to B (``A2B/accuracy``), beside its floor, untranslated A (``identity/A2B/accuracy``: no
-adaptation, about chance), and its ceiling, real B (``real/A2B/accuracy``).
+adaptation, about chance), and its ceiling, real B (``real/A2B/accuracy``). For a model with boxes (DA-GAN's DAE)
+it also gives where the first box sits on A's test set: ``A2B/box_error_px``, the distance in pixels from its centre
+to the centre of the labelled digit's box, and ``A2B/ink_in_box``, the share of the labelled digit's ink inside it,
+each beside a box of the same size that stays at the image centre (``centred/``), the floor of a box that does not
+move.
 """
 import math
 from pathlib import Path
@@ -34,6 +39,9 @@ from common.metrics import cached_scorer, fit_scorer
 
 TRAIN_SIZE = 5000
 TEST_SIZE = 500
+# A's labelled digit is centred anywhere in the middle CENTRE_RANGE of the side, in both directions (SVHN's crops
+# centre the digit loosely): an attention that is to find the instance has somewhere to look.
+CENTRE_RANGE = 0.3
 
 # Each digit as polylines in a unit box (x right, y down); ellipses are sampled as closed polylines.
 
@@ -95,13 +103,22 @@ def _luma(rgb):
     return float(rgb @ np.array([0.299, 0.587, 0.114]))
 
 
+def _box(segments, width):
+    """The digit's bounding box (x0, y0, x1, y1) in units of the side, stroke width included, inside the image."""
+    points = segments.reshape(-1, 2)
+    return np.clip(np.concatenate([points.min(0) - width / 2, points.max(0) + width / 2]), 0.0, 1.0)
+
+
 def _render_B(rng, digit, size):
-    ink = _ink(_segments(rng, digit, rng.uniform(0.7, 0.85), np.array([0.5, 0.5]) + rng.normal(0, 0.02, 2)),
-               rng.uniform(0.08, 0.14), size)
-    return np.repeat(ink[None], 3, 0)
+    """(image, the digit's ink, its box)."""
+    segments = _segments(rng, digit, rng.uniform(0.7, 0.85), np.array([0.5, 0.5]) + rng.normal(0, 0.02, 2))
+    width = rng.uniform(0.08, 0.14)
+    ink = _ink(segments, width, size)
+    return np.repeat(ink[None], 3, 0), ink, _box(segments, width)
 
 
 def _render_A(rng, digit, size):
+    """(image, the labelled digit's ink, its box): the neighbours' ink is not the digit's."""
     top, bottom = rng.random(3), rng.random(3)
     ramp = np.linspace(0.0, 1.0, size)[None, :, None]
     background = (top[:, None, None] * (1 - ramp) + bottom[:, None, None] * ramp).repeat(size, 2)
@@ -111,15 +128,16 @@ def _render_A(rng, digit, size):
     target = rng.uniform(0.0, max(0.0, light - 0.3)) if light > 0.5 else rng.uniform(min(1.0, light + 0.3), 1.0)
     colour = rng.random(3)
     colour = np.clip(colour + (target - _luma(colour)), 0.0, 1.0)
-    scale, centre = rng.uniform(0.5, 0.7), np.array([0.5, 0.5]) + rng.normal(0, 0.03, 2)
+    scale, centre = rng.uniform(0.5, 0.7), rng.uniform(0.5 - CENTRE_RANGE / 2, 0.5 + CENTRE_RANGE / 2, 2)
     width = rng.uniform(0.07, 0.13)
-    ink = _ink(_segments(rng, digit, scale, centre), width, size)
+    segments = _segments(rng, digit, scale, centre)
+    digit_ink = ink = _ink(segments, width, size)
     for side in (-1, 1):  # the neighbours in the house number, cut off by the crop
         if rng.random() < 0.7:
             shift = np.array([side * rng.uniform(0.6, 0.75) * scale * 1.1, rng.normal(0, 0.02)])
             ink = np.maximum(ink, _ink(_segments(rng, int(rng.integers(10)), scale, centre + shift), width, size))
     image = background * (1 - ink) + colour[:, None, None] * ink
-    return np.clip(image + rng.normal(0, 0.03, image.shape), 0.0, 1.0)
+    return np.clip(image + rng.normal(0, 0.03, image.shape), 0.0, 1.0), digit_ink, _box(segments, width)
 
 
 class DigitsDomain(torch.utils.data.Dataset):
@@ -143,14 +161,19 @@ class DigitsDomain(torch.utils.data.Dataset):
     def label(self, i):
         return int(self._rng(i).integers(10))
 
-    def get(self, i, generator=None):
-        """Image i as float32 3 × S × S in [-1, 1]; ``generator`` is ignored (no augmentation)."""
+    def render(self, i):
+        """(image 3 × S × S in [-1, 1], the labelled digit's ink S × S in [0, 1], its box (x0, y0, x1, y1) in
+        units of the side), float32."""
         if i not in self.rendered:
             rng = self._rng(i)
             digit = int(rng.integers(10))  # the first draw, as in label()
-            render = _render_A if self.domain == "A" else _render_B
-            self.rendered[i] = torch.from_numpy(render(rng, digit, self.img_size) * 2 - 1).float()
+            image, ink, box = (_render_A if self.domain == "A" else _render_B)(rng, digit, self.img_size)
+            self.rendered[i] = tuple(torch.from_numpy(a).float() for a in (image * 2 - 1, ink, box))
         return self.rendered[i]
+
+    def get(self, i, generator=None):
+        """Image i as float32 3 × S × S in [-1, 1]; ``generator`` is ignored (no augmentation)."""
+        return self.render(i)[0]
 
     def __getitem__(self, i):
         return self.get(i)
@@ -197,9 +220,26 @@ def accuracy(net, images_and_labels, device):
     return correct / total
 
 
-def report(translate, data, device, cache_dir, directions=("A2B",), seed=0, steps=800):
+def box_scores(centres, halves, domain, indices):
+    """Summed over the images: the distance (px) from each box's centre to the centre of the labelled digit's box,
+    and the share of the digit's ink inside the box. centres, halves: N × 2 in kernels/boxmask's coordinates (the
+    image spans [-1, 1])."""
+    size = domain.img_size
+    u = (2 * torch.arange(size) + 1) / size - 1  # pixel centres, as kernels/boxmask
+    error = share = 0.0
+    for (cx, cy), (hx, hy), i in zip(centres.tolist(), halves.tolist(), indices):
+        _, ink, box = domain.render(i)
+        tx, ty = (box[:2] + box[2:] - 1).tolist()  # the box's centre, from [0, 1] units onto [-1, 1]
+        error += math.hypot(cx - tx, cy - ty) * size / 2
+        inside = ((u[None, :] - cx).abs() < hx) & ((u[:, None] - cy).abs() < hy)
+        share += (ink * inside).sum().item() / max(ink.sum().item(), 1e-12)
+    return error, share
+
+
+def report(translate, data, device, cache_dir, directions=("A2B",), seed=0, steps=800, boxes=None):
     """§4.3: the MNIST-like classifier's accuracy on A translated to B, on untranslated A (the floor) and on real B
-    (the ceiling); nothing for a model that does not translate A to B."""
+    (the ceiling); with `boxes` (x -> the boxes' centres and half-sizes, B × N × 2, or None) where the first box
+    sits. Nothing for a model that does not translate A to B."""
     if "A2B" not in directions:
         return {}
     net = classifier(cache_dir, data["testB"].img_size, seed, device, steps)
@@ -209,7 +249,15 @@ def report(translate, data, device, cache_dir, directions=("A2B",), seed=0, step
             x, y = _batch(domain, range(start, min(start + 100, len(domain))))
             yield (translate(x.to(device), direction)[0] if direction else x), y
 
+    testA = data["testA"]
     with torch.no_grad():
-        return {"A2B/accuracy": accuracy(net, batches(data["testA"], "A2B"), device),
-                "identity/A2B/accuracy": accuracy(net, batches(data["testA"]), device),
-                "real/A2B/accuracy": accuracy(net, batches(data["testB"]), device)}
+        scores = {"A2B/accuracy": accuracy(net, batches(testA, "A2B"), device),
+                  "identity/A2B/accuracy": accuracy(net, batches(testA), device),
+                  "real/A2B/accuracy": accuracy(net, batches(data["testB"]), device)}
+        placed = [boxes(x.to(device)) for x, _ in batches(testA)] if boxes else [None]
+    if placed[0] is not None:
+        centres, halves = (torch.cat([b[i][:, 0].cpu() for b in placed]) for i in (0, 1))
+        for name, c in (("A2B", centres), ("centred/A2B", torch.zeros_like(centres))):
+            error, share = box_scores(c, halves, testA, range(len(testA)))
+            scores.update({f"{name}/box_error_px": error / len(testA), f"{name}/ink_in_box": share / len(testA)})
+    return scores

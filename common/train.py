@@ -505,8 +505,9 @@ def evaluate(model, args, data, run, step, device):
         else:
             from importlib import import_module
             scorers = Path(os.environ.get("ATTNGAN_SCORERS", Path(args.result_dir) / "scorers"))
+            boxes = {"boxes": model.boxes} if hasattr(model, "boxes") else {}  # DA-GAN's, for common.digits
             report = import_module(f"common.{args.dataset}").report(model.translate, data, device, scorers,
-                                                                    directions=directions(model))
+                                                                    directions=directions(model), **boxes)
     run.write_log({"step": step, "eval": report})
     print(f"{args.dataset} evaluation (test sets): {format_report(report)}")
     return report

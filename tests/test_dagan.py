@@ -34,6 +34,10 @@ def batch(n=4, labels_B=(1, 2, -1, 3), labels_A=(5, -1, 6, 7)):
                   "label_B": torch.tensor(labels_B[:n])}
 
 
+def unit(x):
+    return (x + 1) / 2  # images in [-1, 1] on [0, 1] pixels
+
+
 def snapshot(m):
     return {k: copy.deepcopy(net.state_dict()) for k, net in m.nets.items()}
 
@@ -72,7 +76,8 @@ def test_instances_are_E_of_each_region_concatenated():
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     latent, centres = m.DAE(x)
     masks = box_masks(centres, torch.full_like(centres, 0.75), 32, 32, 20.0)
-    expected = torch.cat([m.DAE.E(x * masks[:, i:i + 1]) for i in range(3)], 1)  # Eq. (3) with R_i = X ∘ M_i
+    # Eq. (3) with R_i = X ∘ M_i on [0, 1] pixels: black outside the box
+    expected = torch.cat([m.DAE.E(2 * (unit(x) * masks[:, i:i + 1]) - 1) for i in range(3)], 1)
     torch.testing.assert_close(latent, expected, atol=1e-5, rtol=1e-4)
     assert latent.shape == (2, 3 * 16, 8, 8)
 
@@ -247,6 +252,8 @@ def test_cli_digits_train_resume_test(tmp_path):
     parts.mkdir()
     p = run(straight, "--iteration", "4", "--print_freq", "4")
     assert "--dataset digits" in p.stdout and "A2B/accuracy" in p.stdout
+    for key in ("A2B/box_error_px", "A2B/ink_in_box", "centred/A2B/box_error_px", "centred/A2B/ink_in_box"):
+        assert key in p.stdout  # where the box sits, beside a box that stays centred
     run(parts, "--iteration", "2")
     run(parts, "--iteration", "4", "--print_freq", "4", "--resume")
     root = "runs/dagan/digits"

@@ -62,3 +62,31 @@ def test_report_floor_ceiling_and_cache(tmp_path):
     r = digits.report(perfect, data, torch.device("cpu"), tmp_path, steps=60)
     assert r["identity/A2B/accuracy"] == first["identity/A2B/accuracy"]
     assert r["A2B/accuracy"] > 0.95 and abs(r["A2B/accuracy"] - r["real/A2B/accuracy"]) < 0.02
+
+
+def test_a_digit_sits_anywhere_in_the_middle_and_its_box_holds_its_ink():
+    a, b = DigitsDomain("A", "train", 32), DigitsDomain("B", "train", 32)
+    centres = {}
+    for name, domain in (("A", a), ("B", b)):
+        boxes = torch.stack([domain.render(i)[2] for i in range(300)])
+        centres[name] = (boxes[:, :2] + boxes[:, 2:]) / 2
+        for i in range(20):
+            image, ink, box = domain.render(i)
+            u = (torch.arange(32) + 0.5) / 32
+            inside = (u[None, :] >= box[0] - 1 / 32) & (u[None, :] <= box[2] + 1 / 32) \
+                & (u[:, None] >= box[1] - 1 / 32) & (u[:, None] <= box[3] + 1 / 32)
+            assert ink.sum() > 10 and (ink * ~inside).sum() == 0  # all the digit's ink in its box
+    spread = centres["A"].amax(0) - centres["A"].amin(0)
+    assert (spread >= 0.2).all() and (centres["B"].std(0) < 0.05).all()  # SVHN-like off centre, MNIST-like centred
+
+
+def test_box_scores_on_hand_made_boxes():
+    a = DigitsDomain("A", "test", 32)
+    boxes = torch.stack([a.render(i)[2] for i in range(10)])
+    true_centres = boxes[:, :2] + boxes[:, 2:] - 1  # onto [-1, 1]
+    halves = boxes[:, 2:] - boxes[:, :2] + 2 / 32   # the true box, a pixel wider on each side
+    error, share = digits.box_scores(true_centres, halves, a, range(10))
+    assert error < 1e-4 and abs(share - 10) < 1e-6  # 10 images: at the digit and holding all its ink
+    away = true_centres + torch.tensor([[2.5, 0.0]])  # the box moved out of the image
+    error, share = digits.box_scores(away, halves, a, range(10))
+    assert abs(error - 10 * 2.5 * 16) < 1e-3 and share == 0
