@@ -25,7 +25,7 @@ from common.data import load_data  # noqa: E402
 from common.train import evaluating, load_checkpoint, load_nets  # noqa: E402
 
 
-def measure(path, device):
+def measure(path, folder, device):
     """None for a run without attention or not finished; else (run args, the scores with D's map, the scores with the all-ones map, mean |y1 - y0| per direction)."""
     state = load_checkpoint(path)
     args = Namespace(**state["args"])
@@ -42,8 +42,10 @@ def measure(path, device):
         change[direction].append((y1 - y0).abs().mean((1, 2, 3)))
         return y1, M
 
-    # as common.train.evaluate finds them: <run>/guidegan/shapes_paired/checkpoints/latest.pt
-    scorers = Path(os.environ.get("ATTNGAN_SCORERS", path.parents[3] / "scorers"))
+    # The segmenter the run was scored with: $ATTNGAN_SCORERS, the ablation runner's <folder>/scorers, or the
+    # run's own (<run>/guidegan/shapes_paired/checkpoints/latest.pt -> <run>/scorers).
+    shared = folder / "scorers"
+    scorers = Path(os.environ.get("ATTNGAN_SCORERS", shared if shared.is_dir() else path.parents[3] / "scorers"))
     with evaluating(model):
         with_map = shapes_paired.report(guided, data, device, scorers)
         ones = shapes_paired.report(lambda x, d: (model.unguided(nets[d][0], x), None), data, device, scorers)
@@ -54,10 +56,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="folders holding finished guidegan runs")
     folders = parser.parse_args().folders
-    runs = sorted(p for f in folders for p in f.glob("**/guidegan/shapes_paired/checkpoints/latest.pt"))
+    runs = sorted((p, f) for f in folders for p in f.glob("**/guidegan/shapes_paired/checkpoints/latest.pt"))
     rows = {}  # row folder -> seed -> (with map, all ones, change)
-    for path in runs:
-        if measured := measure(path, torch.device("cpu")):
+    for path, folder in runs:
+        if measured := measure(path, folder, torch.device("cpu")):
             args, with_map, ones, change = measured
             rows.setdefault(path.parents[4].name, {})[args.seed] = (with_map, ones, change)
     if not rows:
