@@ -41,9 +41,15 @@ The object is judged inside the INPUT's mask, since a translator is expected to 
 object where it was.
 """
 
+import contextlib
 import math
 import os
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 import torch.nn.functional as F
@@ -278,15 +284,32 @@ def fit_scorer(make_net, sample, steps, lr, seed, device):
 
 def cached_scorer(path, net, train, device):
     """A scoring network (digits' classifier, shapes_paired's segmenter) from `path`, or `train()`ed and saved there
-    first (to a temporary file of this process, then renamed: an interrupted run leaves no half file, and runs that
-    train the same scorer at once each write a whole one). In eval mode."""
+    first (to a temporary file of this process, then renamed: an interrupted run leaves no half file). Runs that need
+    the same scorer at once (the ablation runner's --jobs, the parallel tests) take turns on a lock file beside it,
+    so one trains it and the others load it. In eval mode."""
     path = Path(path)
-    if path.exists():
-        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        return net.to(device).eval()
-    net = train()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
-    return net.eval()
+    with _locked(path.with_name(path.name + ".lock")):
+        if path.exists():
+            net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            return net.to(device).eval()
+        net = train()
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(net.state_dict(), tmp)
+        os.replace(tmp, path)
+        return net.eval()
+
+
+@contextlib.contextmanager
+def _locked(lock_path):
+    """An exclusive lock on `lock_path` for the block (POSIX flock, released when the process dies); where there is
+    no fcntl (Windows) runs train side by side, each writing a whole file."""
+    if fcntl is None:
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -18,8 +20,11 @@ if not torch.cuda.is_available():
 torch.get_num_threads()
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
-# The scripts' evaluations train their scoring networks once per folder: one folder for the whole session.
-os.environ.setdefault("ATTNGAN_SCORERS", tempfile.mkdtemp(prefix="attngan-scorers-"))
+# The scripts' evaluations train their scoring networks once per folder: one folder for the whole session, made
+# where the session starts (pytest-xdist's workers inherit it, and take turns on its lock files) and removed at exit.
+if "ATTNGAN_SCORERS" not in os.environ:
+    os.environ["ATTNGAN_SCORERS"] = tempfile.mkdtemp(prefix="attngan-scorers-")
+    atexit.register(shutil.rmtree, os.environ["ATTNGAN_SCORERS"], True)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

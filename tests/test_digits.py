@@ -45,7 +45,8 @@ def test_report_floor_ceiling_and_cache(tmp_path):
     # A translation that adapts nothing scores as untranslated A does: about chance (0.112 measured).
     assert first["A2B/accuracy"] == first["identity/A2B/accuracy"] < 0.2
     assert first["real/A2B/accuracy"] > 0.95  # 0.996 measured
-    assert [p.name for p in tmp_path.iterdir()] == ["digits_classifier_32px_seed0_steps60.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_classifier_32px_seed0_steps60.pt",
+                                                           "digits_classifier_32px_seed0_steps60.pt.lock"]
     assert digits.report(identity, data, torch.device("cpu"), tmp_path, steps=60) == first  # loaded, not retrained
     blank = lambda x, direction: (torch.full_like(x, -1), None)  # noqa: E731
     assert digits.report(blank, data, torch.device("cpu"), tmp_path, steps=60)["A2B/accuracy"] < 0.2

@@ -325,3 +325,26 @@ def test_a_kill_between_the_two_renames_leaves_previous_pt_to_resume_from(tmp_pa
     torch.save(checkpoint, tmp_path / "previous.pt")  # latest.pt moved aside, the new one not yet in its place
     assert checkpoints.load_latest(tmp_path / "latest.pt")["step"] == checkpoint["step"]
     assert "latest.pt is missing; using" in capsys.readouterr().out
+
+
+SCORER_USER = """
+import sys, time, torch
+sys.path.insert(0, {root!r})
+from common.metrics import cached_scorer
+def train():
+    with open({log!r}, "a") as f:
+        f.write("trained\\n")
+    time.sleep(1.0)  # long enough that the other process asks for the scorer meanwhile
+    return torch.nn.Linear(2, 2)
+net = cached_scorer({path!r}, torch.nn.Linear(2, 2), train, torch.device("cpu"))
+print(net.weight.sum().item())
+"""
+
+
+def test_runs_that_need_one_scorer_at_once_train_it_once(tmp_path):
+    code = SCORER_USER.format(root=str(ROOT), log=str(tmp_path / "log"), path=str(tmp_path / "scorer.pt"))
+    runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in runs]
+    assert all(p.returncode == 0 for p in runs)
+    assert (tmp_path / "log").read_text() == "trained\n" and outputs[0] == outputs[1]  # the other one loaded it
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["log", "scorer.pt", "scorer.pt.lock"]

@@ -51,7 +51,8 @@ def test_report_and_cache(tmp_path):
     identity = lambda x, direction: (x, None)  # noqa: E731
     r = sp.report(identity, data, CPU, tmp_path, steps=30)
     assert set(r) == {f"{who}{d}/{m}" for who in ("", "identity/", "real/") for d in ("A2B", "B2A") for m in METRICS}
-    assert [p.name for p in tmp_path.iterdir()] == ["shapes_paired_fcn_v2_32px_seed0_steps30.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes_paired_fcn_v2_32px_seed0_steps30.pt",
+                                                           "shapes_paired_fcn_v2_32px_seed0_steps30.pt.lock"]
     grey = lambda x, direction: (torch.zeros_like(x), None)  # noqa: E731
     worse = sp.report(grey, data, CPU, tmp_path, steps=30)
     assert worse["A2B/pixel_acc"] < 0.5 and worse["real/B2A/iou"] == r["real/B2A/iou"]  # the cached segmenter again
