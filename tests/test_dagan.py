@@ -67,7 +67,7 @@ def test_boxes_start_centred_and_the_loss_reaches_the_centres():
     latent, centres = m.DAE(x)
     centres.retain_grad()
     m.G(latent).mean().backward()
-    assert centres.grad.abs().sum() > 0 and m.DAE.f_loc[-2].weight.grad.abs().sum() > 0
+    assert centres.grad.abs().sum() > 0 and m.DAE.f_loc[-1].weight.grad.abs().sum() > 0
 
 
 def test_instances_are_E_of_each_region_concatenated():
@@ -192,13 +192,52 @@ def test_step_follows_the_written_out_objectives():
 
 
 def test_centres_are_eq1_from_f_loc():
-    """Eq. (1) written out from f_loc's layers: conv, BN, ReLU, average pool, linear, tanh, with nothing between."""
-    m = model()
-    torch.nn.init.normal_(m.DAE.f_loc[-2].weight, 0, 0.5)  # off the centre
+    """Eq. (1) written out from f_loc's layers: conv, BN, ReLU, average pool, linear, then tanh of --loc_gain times
+    it, with nothing between."""
+    m = model("--loc_gain", "3")
+    torch.nn.init.normal_(m.DAE.f_loc[-1].weight, 0, 0.5)  # off the centre
     x = torch.rand(4, 3, 32, 32) * 2 - 1
-    conv, bn, _, _, _, linear, _ = m.DAE.f_loc
+    conv, bn, _, _, _, linear = m.DAE.f_loc
     h = torch.relu(bn(conv(m.DAE.E(x)))).mean((2, 3))
-    torch.testing.assert_close(m.DAE.boxes(x)[0], torch.tanh(linear(h)).view(4, 1, 2))
+    torch.testing.assert_close(m.DAE.boxes(x)[0], torch.tanh(3 * linear(h)).view(4, 1, 2))
+
+
+def smooth(net):
+    """net with every ReLU replaced by softplus: a loss without kinks, which finite differences can follow."""
+    for name, child in net.named_children():
+        if isinstance(child, torch.nn.ReLU):
+            setattr(net, name, torch.nn.Softplus())
+        else:
+            smooth(child)
+    return net
+
+
+def test_the_gradient_to_the_centres_is_finite_differences():
+    """What moves the boxes: the loss's gradient through Eq. (4)'s soft masks and the crop to f_loc's output
+    (Eq. 1), by autograd against central differences of the loss in float64, for boxes off the centre."""
+    torch.manual_seed(0)
+    m = model("--loc_gain", "10")
+    DAE, G = smooth(m.DAE).double().eval(), smooth(m.G).double().eval()
+    torch.nn.init.normal_(DAE.f_loc[-1].weight, 0, 0.05)
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64) * 2 - 1
+    target = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    bias = DAE.f_loc[-1].bias  # shifts every centre: x through bias[0], y through bias[1]
+
+    def loss():
+        return (G(DAE(x)[0]) - target).square().mean()
+
+    assert DAE.boxes(x)[0].abs().min() > 0.05  # the boxes are off the centre
+    grad, = torch.autograd.grad(loss(), bias)
+    eps, numeric = 1e-6, torch.zeros_like(grad)
+    with torch.no_grad():
+        for j in range(len(bias)):
+            bias[j] += eps
+            up = loss()
+            bias[j] -= 2 * eps
+            numeric[j] = (up - loss()) / (2 * eps)
+            bias[j] += eps
+    assert numeric.abs().min() > 1e-6  # both coordinates move the loss
+    torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-12)
 
 
 @pytest.mark.parametrize("flag, gone", [("--cst", {"cst"}), ("--sym", {"sym"}), ("--D2", {"G_adv_t"})])
@@ -221,10 +260,12 @@ def test_without_dae_there_are_no_boxes():
 def test_paper_defaults_and_bad_flags():
     a = make_args()
     assert (a.lr, a.batch_size, a.n_boxes, a.img_size, a.decay_flag) == (2e-4, 64, 1, 32, False)
+    assert (a.alpha, a.beta, a.loc_gain) == (10, 1, 1)  # our choices, the docstring says why
     assert a.dae and a.cst and a.sym and a.D2 and not a.source_labels  # §4.3: no labels of the SVHN domain
     for opt in model().optimizers.values():
         assert opt.param_groups[0]["betas"] == (0.5, 0.999)
     for argv, message in ((["--box_size", "0"], "--box_size 0"), (["--k", "-1"], "--k -1.0"),
+                          (["--loc_gain", "0"], "--loc_gain 0.0"),
                           (["--n_boxes", "0"], "--n_boxes 0"), (["--img_size", "36"], "--img_size 36")):
         with pytest.raises(UsageError, match=message):
             model(*argv)
