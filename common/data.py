@@ -388,14 +388,14 @@ def download_cyclegan(name: str, root: str | Path = "dataset", base_url: str | N
     if target.exists():  # the user's, or an interrupted unzip of old: never merged into, never removed
         raise DataError(f"{target} exists but has no {', '.join(missing)}: move it away or delete it, then download")
     url = f"{(base_url or os.environ.get('ATTNGAN_DOWNLOAD_URL') or CYCLEGAN_URL).rstrip('/')}/{name}.zip"
-    deadline, stall = _seconds("ATTNGAN_DOWNLOAD_DEADLINE", 7200), _seconds("ATTNGAN_DOWNLOAD_STALL", 60)
+    deadline, stall = download_limits()
     root.mkdir(parents=True, exist_ok=True)
     for leftover in root.glob(f".{name}.download-*"):  # a killed call's (no except or finally ran)
         shutil.rmtree(leftover, ignore_errors=True)
     # In root, not /tmp: the same disk as the data, so the final rename is atomic and /tmp's size does not matter.
     work = Path(tempfile.mkdtemp(prefix=f".{name}.download-", dir=root))
     try:
-        _fetch(url, work / f"{name}.zip.part", deadline, stall)
+        fetch(url, work / f"{name}.zip.part", deadline, stall, MIRROR)
         _unpack(work / f"{name}.zip.part", work / "files", url, root)
         _check_layout(work / "files", name, url)
         (work / "files" / name).rename(target)
@@ -407,6 +407,11 @@ def download_cyclegan(name: str, root: str | Path = "dataset", base_url: str | N
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def download_limits() -> tuple[float, float]:
+    """The seconds a download may take in all, and without a byte, from the environment (see download_cyclegan)."""
+    return _seconds("ATTNGAN_DOWNLOAD_DEADLINE", 7200), _seconds("ATTNGAN_DOWNLOAD_STALL", 60)
 
 
 def _seconds(variable: str, default: float) -> float:
@@ -423,8 +428,11 @@ def _seconds(variable: str, default: float) -> float:
     return value
 
 
-def _fetch(url: str, path: Path, deadline: float, stall: float) -> None:
-    """Writes url's body to path, with a progress bar."""
+MIRROR = "use a mirror (--download_url or ATTNGAN_DOWNLOAD_URL)"
+
+
+def fetch(url: str, path: Path, deadline: float, stall: float, elsewhere: str) -> None:
+    """Writes url's body to path, with a progress bar; `elsewhere` ends the errors, saying where else to get it."""
     give_up = time.monotonic() + deadline
     try:
         # urlopen's timeout bounds each read, not the whole: a server trickling a byte a minute never reaches it.
@@ -436,11 +444,11 @@ def _fetch(url: str, path: Path, deadline: float, stall: float) -> None:
                     bar.update(len(chunk))
                     if time.monotonic() > give_up:
                         raise DataError(f"{url} took over {deadline:g} s (ATTNGAN_DOWNLOAD_DEADLINE): try again, "
-                                        f"raise that limit, or use a mirror (--download_url or ATTNGAN_DOWNLOAD_URL)")
+                                        f"raise that limit, or {elsewhere}")
                 got = bar.n
     except TimeoutError as e:
-        raise DataError(f"{url} sent nothing for {stall:g} s (ATTNGAN_DOWNLOAD_STALL): try again later, or use a "
-                        f"mirror (--download_url or ATTNGAN_DOWNLOAD_URL)") from e
+        raise DataError(f"{url} sent nothing for {stall:g} s (ATTNGAN_DOWNLOAD_STALL): try again later, or "
+                        f"{elsewhere}") from e
     if size is not None and got != size:
         raise DataError(f"{url}: the connection closed after {got} of {size} bytes; try again")
 

@@ -118,6 +118,8 @@ def build_parser(name, description, defaults):
     p.add_argument("--input", default=None, help="test phase: translate this image file or folder instead of the "
                                                  "test sets")
     p.add_argument("--direction", choices=("A2B", "B2A"), default="A2B", help="direction for --input (default A2B)")
+    p.add_argument("--fid_weights", default=None, help="test phase: the FID Inception's weights for KID and FID "
+                   "(default $ATTNGAN_FID_WEIGHTS, else the torch hub cache, else downloaded there; see common/fid.py)")
     return p
 
 
@@ -558,9 +560,31 @@ def test(model, args, data, run, device):
         for direction, domain in (("A2B", data["testA"]), ("B2A", data["testB"])):
             if direction in directions(model):
                 translate_all(model, domain, direction, run.test / direction, device)
-    if args.dataset in EMBEDDED:
-        report = evaluate(model, args, data, run, step, device)
+    report = evaluate(model, args, data, run, step, device) if args.dataset in EMBEDDED else {}
+    report.update(inception_report(model, args, data, device))
+    if report:
         (run.test / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+def inception_report(model, args, data, device):
+    """KID x 100 and FID (common.fid) when the Inception's weights are at hand: given, or in the hub cache, or, on a
+    real data set, downloaded. Without them, a line that says how to get them, and {}."""
+    from common import fid
+    path = fid.find_weights(args.fid_weights, download=False)  # a bad --fid_weights is an error, not a skip
+    if path is None:
+        if args.dataset in EMBEDDED:  # its own measures came first; no download on the CPU preset's way
+            print(f"KID/FID: not computed; they need {fid.weights_name()} (--fid_weights, or see common/fid.py)")
+            return {}
+        try:
+            path = fid.download_weights(fid.hub_cache() / fid.weights_name())
+        except fid.FIDError as e:
+            print(f"KID/FID skipped: {e}", file=sys.stderr)
+            return {}
+    with evaluating(model):
+        report = fid.report(model.translate, data["testA"], data["testB"], directions(model),
+                            fid.load_inception(path, device))
+    print(f"KID x 100 and FID (test sets, {path.name}): {format_report(report)}")
+    return report
 
 
 def main(name, description, defaults, preset, add_arguments, make_model, argv=None):

@@ -26,6 +26,11 @@ if "ATTNGAN_SCORERS" not in os.environ:
     os.environ["ATTNGAN_SCORERS"] = tempfile.mkdtemp(prefix="attngan-scorers-")
     atexit.register(shutil.rmtree, os.environ["ATTNGAN_SCORERS"], True)
 
+# No FID Inception weights from the user's machine: with them, every test phase would add its KID and FID
+# (common.fid), minutes on CPU. tests/test_fid.py makes its own.
+os.environ.pop("ATTNGAN_FID_WEIGHTS", None)
+os.environ["TORCH_HOME"] = os.path.join(os.environ["ATTNGAN_SCORERS"], "torch_home")
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
