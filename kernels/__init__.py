@@ -11,22 +11,33 @@ Triton kernels, an autograd.Function joining them, and one public function that 
 import functools
 import importlib.util
 import os
+import warnings
 
 CHOICES = ("auto", "torch", "triton")
 
 
 @functools.cache
-def _triton_installed():
-    return importlib.util.find_spec("triton") is not None
+def _triton_works():
+    """Whether triton imports. Installed but broken (a wheel for another CUDA or Python), it warns once, and the
+    references serve: the op files caught the same error when they imported it."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton.language  # noqa: F401
+    except Exception as e:
+        warnings.warn(f"triton is installed but does not import ({type(e).__name__}: {e}); the fused ops run their "
+                      f"PyTorch references instead (reinstall triton to use the kernels)", stacklevel=3)
+        return False
+    return True
 
 
 def backend(x):
     choice = os.environ.get("ATTNGAN_KERNELS", "auto")
     if choice not in CHOICES:
         raise ValueError(f"ATTNGAN_KERNELS={choice!r}: use one of {', '.join(CHOICES)}")
-    has_triton = _triton_installed()
+    has_triton = _triton_works()
     if choice == "auto":
         return "triton" if x.is_cuda and has_triton else "torch"
     if choice == "triton" and not has_triton:
-        raise RuntimeError("ATTNGAN_KERNELS=triton, but triton is not installed (pip install triton, on Linux)")
+        raise RuntimeError("ATTNGAN_KERNELS=triton, but triton does not import (pip install triton, on Linux)")
     return choice

@@ -28,13 +28,14 @@ The per-(n, c) coefficients (scale, shift, a, b) and the gradients for ρ, γ, �
 PyTorch (autograd over `_coefficients`), so the kernels stay four short loops and the math stays in one place.
 """
 import torch
+from torch.autograd.function import once_differentiable
 
 from kernels import backend
 
 try:
     import triton
     import triton.language as tl
-except ImportError:  # no Triton wheel (macOS, Windows): the reference serves everywhere
+except Exception:  # no Triton wheel (macOS, Windows), or a broken install (kernels.backend warns): the reference serves everywhere
     triton = None
 
 
@@ -204,6 +205,7 @@ class AdaLINFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises
     def backward(ctx, dy):
         x, rho, gamma, beta, mu_I, var_I, mu_L, var_L = ctx.saved_tensors
         dy = dy.contiguous()

@@ -14,13 +14,14 @@ backward recomputes p from the logits and the saved per-pixel log-sum-exp:
     dc_i = g · p_i,    dx = g · p_n,    dl_i = p_i · Σ_channels g · (v_i − out)    (v_i = c_i, v_n = x).
 """
 import torch
+from torch.autograd.function import once_differentiable
 
 from kernels import backend
 
 try:
     import triton
     import triton.language as tl
-except ImportError:  # no Triton wheel (macOS, Windows): the references serve everywhere
+except Exception:  # no Triton wheel (macOS, Windows), or a broken install (kernels.backend warns): the references serve everywhere
     triton = None
 
 
@@ -125,6 +126,7 @@ class BlendFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises
     def backward(ctx, g):
         x, content, attention = ctx.saved_tensors
         dx, dc, da = torch.empty_like(x), torch.empty_like(content), torch.empty_like(attention)
@@ -145,6 +147,7 @@ class BlendSoftmaxFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises
     def backward(ctx, g):
         x, content, logits, out, lse = ctx.saved_tensors
         dx, dc, dl = torch.empty_like(x), torch.empty_like(content), torch.empty_like(logits)
@@ -154,15 +157,29 @@ class BlendSoftmaxFunction(torch.autograd.Function):
         return dx, dc, dl
 
 
+def _indexable(x, content, masks):
+    """Whether the kernels can index these shapes: x N×C×H×W; blend's content x's shape and attention N×1×H×W;
+    blend_softmax's content N×(n−1)×C×H×W and logits N×n×H×W. Other shapes go to the reference, which broadcasts
+    them as PyTorch does (or says why it cannot), so both paths accept the same inputs."""
+    if x.dim() != 4:
+        return False
+    N, _, H, W = x.shape
+    if content.dim() == 4:
+        return content.shape == x.shape and masks.shape == (N, 1, H, W)
+    n = content.shape[1] + 1
+    return content.shape[0] == N and content.shape[2:] == x.shape[1:] and masks.shape == (N, n, H, W)
+
+
 def blend(x, content, attention):
-    """a · c + (1 − a) · x. x, content: N×C×H×W; attention: N×1×H×W."""
-    if backend(x) == "triton":
+    """a · c + (1 − a) · x. x, content: N×C×H×W; attention: N×1×H×W (other shapes broadcast, on the reference)."""
+    if backend(x) == "triton" and content.dim() == 4 and _indexable(x, content, attention):
         return BlendFunction.apply(x, content, attention)
     return blend_reference(x, content, attention)
 
 
 def blend_softmax(x, content, logits):
-    """Σ_{i<n} softmax(l)_i · c_i + softmax(l)_n · x. x: N×C×H×W; content: N×(n−1)×C×H×W; logits: N×n×H×W."""
-    if backend(x) == "triton":
+    """Σ_{i<n} softmax(l)_i · c_i + softmax(l)_n · x. x: N×C×H×W; content: N×(n−1)×C×H×W; logits: N×n×H×W
+    (other shapes broadcast, on the reference)."""
+    if backend(x) == "triton" and content.dim() == 5 and _indexable(x, content, logits):
         return BlendSoftmaxFunction.apply(x, content, logits)
     return blend_softmax_reference(x, content, logits)

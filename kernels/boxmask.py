@@ -16,13 +16,14 @@ reads X once per box and writes R; the backward reads X and dR once, writes dX =
 (image, box, pixel block) partial sums of the box gradients, which the host adds up (no atomics).
 """
 import torch
+from torch.autograd.function import once_differentiable
 
 from kernels import backend
 
 try:
     import triton
     import triton.language as tl
-except ImportError:  # no Triton wheel (macOS, Windows): the references serve everywhere
+except Exception:  # no Triton wheel (macOS, Windows), or a broken install (kernels.backend warns): the references serve everywhere
     triton = None
 
 
@@ -127,6 +128,7 @@ class BoxCropFunction(torch.autograd.Function):
         return R
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises
     def backward(ctx, dR):
         X, boxes = ctx.saved_tensors
         N, C, H, W = X.shape
@@ -141,7 +143,9 @@ class BoxCropFunction(torch.autograd.Function):
 
 
 def box_crop(X, centres, halves, k):
-    """R_i = X ∘ M_i (Eq. 3-4). X: N×C×H×W; centres, halves: N×B×2 ((x, y), (w, h), normalised) -> N×B×C×H×W."""
-    if backend(X) == "triton":
+    """R_i = X ∘ M_i (Eq. 3-4). X: N×C×H×W; centres, halves: N×B×2 ((x, y), (w, h), normalised) -> N×B×C×H×W.
+    A tensor k goes to the reference: it keeps k's gradient, where the kernels take k as a number (and reading a
+    CUDA tensor's value would wait for the GPU)."""
+    if backend(X) == "triton" and not isinstance(k, torch.Tensor):
         return BoxCropFunction.apply(X, centres, halves, k)
     return box_crop_reference(X, centres, halves, k)

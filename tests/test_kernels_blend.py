@@ -76,9 +76,8 @@ def test_runs_are_bitwise_equal_and_dispatch(monkeypatch):
     assert not blend_softmax(*args).grad_fn.name().endswith("BlendSoftmaxFunctionBackward")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the interpreter has no bf16/fp16 arithmetic")
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
-def test_half_precision_on_gpu(dtype, tol):
+def test_half_precision(dtype, tol):
     x, c, l = torch.randn(2, 3, 33, 65, device=DEVICE), torch.randn(2, 9, 3, 33, 65, device=DEVICE), \
         torch.randn(2, 10, 33, 65, device=DEVICE)
     out = BlendSoftmaxFunction.apply(x.to(dtype), c.to(dtype), l.to(dtype))
@@ -87,3 +86,29 @@ def test_half_precision_on_gpu(dtype, tol):
     a = torch.rand(2, 1, 33, 65, device=DEVICE)
     out = BlendFunction.apply(x.to(dtype), c[:, 0].to(dtype), a.to(dtype))
     torch.testing.assert_close(out.float(), blend_reference(x, c[:, 0], a), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("x_shape, c_shape, a_shape", [((2, 3, 5, 7), (2, 3, 5, 7), (1, 1, 5, 7)),
+                                                       ((2, 3, 5, 7), (1, 3, 5, 7), (2, 1, 5, 7)),
+                                                       ((2, 3, 5, 7), (2, 3, 5, 7), (2, 3, 5, 7))])
+def test_shapes_the_kernels_cannot_index_broadcast_as_pytorch_does(monkeypatch, x_shape, c_shape, a_shape):
+    """One map for the batch, one content for the batch, one map per channel: a·c + (1 − a)·x broadcast, values and
+    gradients, not reads out of bounds."""
+    monkeypatch.setenv("ATTNGAN_KERNELS", "triton")
+    x, c, a = leaf(*x_shape), leaf(*c_shape), torch.rand(*a_shape, device=DEVICE).requires_grad_()
+    check(blend, lambda x, c, a: a * c + (1 - a) * x, [x, c, a])
+
+
+def test_softmax_logits_shared_by_the_batch_broadcast(monkeypatch):
+    monkeypatch.setenv("ATTNGAN_KERNELS", "triton")
+    check(blend_softmax, blend_softmax_reference, [leaf(2, 3, 5, 7), leaf(2, 2, 3, 5, 7), leaf(1, 3, 5, 7)])
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_a_second_backward_through_the_kernels_raises(softmax):
+    x = leaf(2, 3, 5, 7)
+    out = BlendSoftmaxFunction.apply(x, leaf(2, 2, 3, 5, 7), leaf(2, 3, 5, 7)) if softmax else \
+        BlendFunction.apply(x, leaf(2, 3, 5, 7), torch.rand(2, 1, 5, 7, device=DEVICE).requires_grad_())
+    dx, = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        dx.sum().backward()
