@@ -27,6 +27,8 @@ twice (with dy) in the backward:
 The per-(n, c) coefficients (scale, shift, a, b) and the gradients for ρ, γ, β are small N×C tensors computed with
 PyTorch (autograd over `_coefficients`), so the kernels stay four short loops and the math stays in one place.
 """
+import functools
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -192,17 +194,20 @@ def _params(rho, gamma, beta, C):
 class AdaLINFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, rho, gamma, beta, eps, unbiased):
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in (x, rho, gamma, beta)))
         x = x.contiguous()
         C = x.shape[1]
         rows, HW = _rows(x)
         mu_I, var_I, mu_L, var_L, d_I, d_L = _statistics(x, unbiased)
         scale, shift = _coefficients(mu_I, var_I, mu_L, var_L, *_params(rho, gamma, beta, C), eps)
-        y = torch.empty_like(x)
+        y = torch.empty_like(x, dtype=dtype)  # the reference's type promotion: fp16 x with fp32 γ gives fp32
         grid = (rows, triton.cdiv(HW, BLOCK))
         _row_affine[grid](x, mu_I, scale.contiguous(), shift.contiguous(), y, HW, BLOCK=BLOCK)
         ctx.save_for_backward(x, rho, gamma, beta, mu_I, var_I, mu_L, var_L)
         ctx.eps, ctx.d = eps, (d_I, d_L)
-        return y
+        # The kernels index NCHW; a channels-last input gets a channels-last output back, as from the reference.
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises

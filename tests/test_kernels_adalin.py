@@ -241,3 +241,14 @@ def test_a_second_backward_through_the_kernels_raises():
     dx, = torch.autograd.grad(AdaLINFunction.apply(*args, 1e-5, True).square().sum(), args[0], create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         dx.sum().backward()
+
+
+@pytest.mark.parametrize("case", ["fp16 x, fp32 parameters", "channels-last x"])
+def test_triton_returns_the_references_dtype_and_memory_format(case):
+    x, rho, gamma, beta = (t.detach() for t in inputs((2, 5, 7, 9), adaptive=True))
+    x = x.half() if case.startswith("fp16") else x.contiguous(memory_format=torch.channels_last)
+    y, ref = AdaLINFunction.apply(x, rho, gamma, beta, 1e-5, True), adalin_reference(x, rho, gamma, beta)
+    assert y.dtype == ref.dtype
+    assert y.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(memory_format=torch.channels_last)
+    assert y.is_contiguous() == ref.is_contiguous()
+    torch.testing.assert_close(y, ref, rtol=1e-3, atol=1e-3)
