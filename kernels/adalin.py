@@ -125,10 +125,17 @@ if triton is not None:
         tl.store(S2 + row, tl.sum(acc2, axis=0))
 
     @triton.jit
+    def _block(HW, BLOCK: tl.constexpr):
+        """This program's row and offsets in it. The grid is 1-D, rows × blocks of a row: CUDA caps a grid's second
+        and third axes at 65535, which a 2-D (rows, blocks) grid passes at 8192² pixels."""
+        blocks = tl.cdiv(HW, BLOCK)
+        pid = tl.program_id(0).to(tl.int64)
+        return pid // blocks, (pid % blocks) * BLOCK + tl.arange(0, BLOCK)
+
+    @triton.jit
     def _row_affine(X, MU, SCALE, SHIFT, Y, HW, BLOCK: tl.constexpr):
-        """y = (x − μ) · scale + shift with one (μ, scale, shift) per row; grid (rows, blocks of a row)."""
-        row = tl.program_id(0).to(tl.int64)
-        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        """y = (x − μ) · scale + shift with one (μ, scale, shift) per row; one program per block of a row."""
+        row, offs = _block(HW, BLOCK)
         inside = offs < HW
         x = tl.load(X + row * HW + offs, mask=inside, other=0.0).to(tl.float32)
         y = (x - tl.load(MU + row)) * tl.load(SCALE + row) + tl.load(SHIFT + row)
@@ -154,8 +161,7 @@ if triton is not None:
     @triton.jit
     def _row_dx(X, DY, MU, SCALE, B, A, DX, HW, BLOCK: tl.constexpr):
         """dx = dy · scale + b · (x − μ) + a with one (μ, scale, b, a) per row."""
-        row = tl.program_id(0).to(tl.int64)
-        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        row, offs = _block(HW, BLOCK)
         inside = offs < HW
         x = tl.load(X + row * HW + offs, mask=inside, other=0.0).to(tl.float32)
         dy = tl.load(DY + row * HW + offs, mask=inside, other=0.0).to(tl.float32)
@@ -202,7 +208,7 @@ class AdaLINFunction(torch.autograd.Function):
         mu_I, var_I, mu_L, var_L, d_I, d_L = _statistics(x, unbiased)
         scale, shift = _coefficients(mu_I, var_I, mu_L, var_L, *_params(rho, gamma, beta, C), eps)
         y = torch.empty_like(x, dtype=dtype)  # the reference's type promotion: fp16 x with fp32 γ gives fp32
-        grid = (rows, triton.cdiv(HW, BLOCK))
+        grid = (rows * triton.cdiv(HW, BLOCK),)
         _row_affine[grid](x, mu_I, scale.contiguous(), shift.contiguous(), y, HW, BLOCK=BLOCK)
         ctx.save_for_backward(x, rho, gamma, beta, mu_I, var_I, mu_L, var_L)
         ctx.eps, ctx.d = eps, (d_I, d_L)
@@ -233,7 +239,7 @@ class AdaLINFunction(torch.autograd.Function):
         b = 2 * g_varI / d_I + 2 * g_varL / d_L
         a = 2 * g_varL / d_L * (mu_I - mu_L) + g_muI / HW + g_muL / (C * HW)
         dx = torch.empty_like(x)
-        _row_dx[(rows, triton.cdiv(HW, BLOCK))](x, dy, mu_I, scale.contiguous(), b.contiguous(), a.contiguous(),
+        _row_dx[(rows * triton.cdiv(HW, BLOCK),)](x, dy, mu_I, scale.contiguous(), b.contiguous(), a.contiguous(),
                                                 dx, HW, BLOCK=BLOCK)
         return (dx, g_rho.view(rho.shape).to(rho.dtype), g_gamma.view(gamma.shape).to(gamma.dtype),
                 g_beta.view(beta.shape).to(beta.dtype), None, None)

@@ -37,9 +37,12 @@ def blend_softmax_reference(x, content, logits):
 if triton is not None:
     @triton.jit
     def _tile(C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        """This program's image n and block of pixels, with every channel: masks, and offsets within an image."""
-        n = tl.program_id(0).to(tl.int64)
-        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        """This program's image n and block of pixels, with every channel: masks, and offsets within an image. The
+        grid is 1-D, images × blocks: CUDA caps a grid's second axis at 65535 (4096² pixels in blocks of 256)."""
+        blocks = tl.cdiv(HW, BLOCK)
+        pid = tl.program_id(0).to(tl.int64)
+        n = pid // blocks
+        pix = (pid % blocks) * BLOCK + tl.arange(0, BLOCK)
         ch = tl.arange(0, BLOCK_C)
         in_pix = pix < HW
         return n, pix, in_pix, (ch[:, None] < C) & in_pix[None, :], ch[:, None] * HW + pix[None, :]
@@ -112,7 +115,7 @@ BLOCK = 256
 
 def _grid(x):
     N, C, H, W = x.shape
-    return (N, triton.cdiv(H * W, BLOCK)), C, H * W, triton.next_power_of_2(C)
+    return (N * triton.cdiv(H * W, BLOCK),), C, H * W, triton.next_power_of_2(C)
 
 
 class BlendFunction(torch.autograd.Function):

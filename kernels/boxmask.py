@@ -73,9 +73,11 @@ if triton is not None:
 
     @triton.jit
     def _crop_fwd(X, BOX, R, B, C, H, W, k, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        nb = tl.program_id(0).to(tl.int64)           # image n = nb // B, box nb % B
         HW = H * W
-        pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        blocks = tl.cdiv(HW, BLOCK)  # a 1-D grid, (image, box) pairs × blocks: CUDA caps the second axis at 65535
+        pid = tl.program_id(0).to(tl.int64)
+        nb = pid // blocks                           # image n = nb // B, box nb % B
+        pix = (pid % blocks) * BLOCK + tl.arange(0, BLOCK)
         ch = tl.arange(0, BLOCK_C)
         inside = (ch[:, None] < C) & (pix[None, :] < HW)
         m_x, m_y, _, _, _, _ = _box(BOX, nb, H, W, pix, k)
@@ -85,9 +87,10 @@ if triton is not None:
 
     @triton.jit
     def _crop_bwd(X, BOX, DR, DX, PART, B, C, H, W, k, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        n = tl.program_id(0).to(tl.int64)
-        blk = tl.program_id(1)
         HW = H * W
+        blocks = tl.cdiv(HW, BLOCK)  # 1-D grid, images × blocks, as in _crop_fwd
+        pid = tl.program_id(0).to(tl.int64)
+        n, blk = pid // blocks, pid % blocks
         pix = blk * BLOCK + tl.arange(0, BLOCK)
         ch = tl.arange(0, BLOCK_C)
         in_pix = pix < HW
@@ -102,7 +105,7 @@ if triton is not None:
             dx += dr * (m_x * m_y)[None, :]
             g = tl.where(in_pix, tl.sum(dr * x, axis=0), 0.0)       # dL/dM_b at each pixel
             gx, gy = g * m_y, g * m_x                                 # dL/dm_x, dL/dm_y
-            part = PART + (nb * tl.num_programs(1) + blk) * 4
+            part = PART + (nb * blocks + blk) * 4
             tl.store(part + 0, tl.sum(gx * (dx_lo + dx_hi), axis=0))   # by x_i: both edges move
             tl.store(part + 1, tl.sum(gy * (dy_lo + dy_hi), axis=0))   # by y_i
             tl.store(part + 2, tl.sum(gx * (dx_hi - dx_lo), axis=0))   # by w_i: left = x_i − w_i, right = x_i + w_i
@@ -121,7 +124,7 @@ class BoxCropFunction(torch.autograd.Function):
         B = centres.shape[1]
         boxes = torch.cat([centres, halves], -1).float().contiguous()    # N×B×4: x, y, w, h
         R = torch.empty(N, B, C, H, W, device=X.device, dtype=X.dtype)
-        grid = (N * B, triton.cdiv(H * W, BLOCK))
+        grid = (N * B * triton.cdiv(H * W, BLOCK),)
         _crop_fwd[grid](X, boxes, R, B, C, H, W, float(k), BLOCK_C=triton.next_power_of_2(C), BLOCK=BLOCK)
         ctx.save_for_backward(X, boxes)
         ctx.k, ctx.dtypes = k, (centres.dtype, halves.dtype)
@@ -136,7 +139,7 @@ class BoxCropFunction(torch.autograd.Function):
         blocks = triton.cdiv(H * W, BLOCK)
         dX = torch.empty_like(X)
         partial = torch.empty(N, B, blocks, 4, device=X.device, dtype=torch.float32)
-        _crop_bwd[(N, blocks)](X, boxes, dR.contiguous(), dX, partial, B, C, H, W, float(ctx.k),
+        _crop_bwd[(N * blocks,)](X, boxes, dR.contiguous(), dX, partial, B, C, H, W, float(ctx.k),
                                BLOCK_C=triton.next_power_of_2(C), BLOCK=BLOCK)
         g = partial.sum(2)                                               # N×B×4
         return dX, g[..., :2].to(ctx.dtypes[0]), g[..., 2:].to(ctx.dtypes[1]), None
