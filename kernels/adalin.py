@@ -37,7 +37,7 @@ from kernels import backend
 try:
     import triton
     import triton.language as tl
-except Exception:  # no Triton wheel (macOS, Windows), or a broken install (kernels.backend warns): the reference serves everywhere
+except Exception:  # no Triton wheel (macOS, Windows), or a broken install (backend() warns): reference only
     triton = None
 
 

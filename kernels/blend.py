@@ -21,7 +21,7 @@ from kernels import backend
 try:
     import triton
     import triton.language as tl
-except Exception:  # no Triton wheel (macOS, Windows), or a broken install (kernels.backend warns): the references serve everywhere
+except Exception:  # no Triton wheel (macOS, Windows), or a broken install (backend() warns): references only
     triton = None
 
 

@@ -1,15 +1,12 @@
 """common/fid.py: the FID Inception against its published parameter listing, where its weights come from and what
 it refuses, the KID and FID statistics against their formulas, the folder command and the test phase's report.
 No real weights here: a randomly initialised state dict with the listed keys stands in for the file."""
-import functools
 import hashlib
 import json
 import math
 import pickle
 import subprocess
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ from PIL import Image
 
 from common import fid
 from conftest import ROOT
+from test_download import server  # noqa: F401  (the local HTTP server on 127.0.0.1, a fixture)
 
 LISTING = Path(__file__).parent / "data/fid-inception-state-dict.txt"  # ../shared/reference's, copied
 
@@ -52,23 +50,6 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("ATTNGAN_FID_WEIGHTS", raising=False)
     return tmp_path / "torch_home/hub/checkpoints"
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """(folder served, base URL) of an HTTP server on 127.0.0.1; proxies unset so urllib goes to it directly."""
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(served)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
 
 
 def features_of(net, seed=0):
@@ -136,7 +117,7 @@ def test_weights_come_from_the_flag_then_the_environment_then_the_hub_cache(weig
 
 def test_the_weights_download_into_the_hub_cache_when_their_hash_matches_their_name(weights, hub, server,
                                                                                     monkeypatch):
-    served, url = server
+    served, url, _ = server
     prefix = hashlib.sha256(weights.read_bytes()).hexdigest()[:8]
     name = f"pt_inception-2015-12-05-{prefix}.pth"
     (served / name).write_bytes(weights.read_bytes())
@@ -148,7 +129,7 @@ def test_the_weights_download_into_the_hub_cache_when_their_hash_matches_their_n
 
 
 def test_a_download_whose_hash_differs_from_its_name_is_not_kept(weights, hub, server, monkeypatch):
-    served, url = server
+    served, url, _ = server
     (served / "pt_inception-2015-12-05-00000000.pth").write_bytes(weights.read_bytes())
     monkeypatch.setattr(fid, "WEIGHTS_URL", f"{url}/pt_inception-2015-12-05-00000000.pth")
     with pytest.raises(fid.FIDError, match="SHA-256 begins .*, not 00000000: not kept"):
@@ -158,7 +139,7 @@ def test_a_download_whose_hash_differs_from_its_name_is_not_kept(weights, hub, s
 
 def test_without_a_network_the_error_says_which_file_where_it_is_published_and_where_to_put_it(hub, server,
                                                                                                  monkeypatch):
-    _, url = server
+    _, url, _ = server
     monkeypatch.setattr(fid, "WEIGHTS_URL", f"{url}/pt_inception-2015-12-05-6726825d.pth")  # 404
     with pytest.raises(fid.FIDError) as e:
         fid.find_weights(None)
@@ -351,7 +332,7 @@ def test_without_weights_or_network_the_test_phase_says_so_in_one_line_and_measu
                                                                                          monkeypatch, capsys):
     from common.train import inception_report
     from common.data import load_data
-    _, url = server
+    _, url, _ = server
     monkeypatch.setattr(fid, "WEIGHTS_URL", f"{url}/pt_inception-2015-12-05-6726825d.pth")
     data = load_data(str(folder_dataset(tmp_path / "toy", 2)), 32)
     model = type("Copy", (), {"nets": {}, "translate": lambda self, x, d: (x, None)})()
