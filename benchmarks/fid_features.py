@@ -2,8 +2,9 @@
 
     python benchmarks/fid_features.py [--n 100] [--batch_size 50] [--img_size 256] [--device cpu]
 
-Random weights stand in for the real file (the speed does not depend on the values), loaded as a user's file is; the images are random, at the
-papers' 256 px, resized by the network to 299 as for KID and FID. Prints the torch thread count beside the result.
+Random weights stand in for the real file (the speed does not depend on the values), loaded as a user's file is;
+the images are random, at the papers' 256 px, resized by the network to 299 as for KID and FID. Prints the torch
+thread count beside the result.
 """
 import argparse
 import sys
