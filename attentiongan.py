@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.amp import Precision, float32
 from common.blocks import ImagePool, PatchGAN, init_normal, lsgan, lsgan_d, resnet_decoder, resnet_encoder
 from common.train import UsageError, add_bool, add_default, load_checkpoint, load_nets, main, our_nets
 from kernels.blend import blend, blend_softmax
@@ -137,7 +138,8 @@ def foreground(masks):
 
 def tv(masks):
     """Eq. (7): Σ_{w,h,c} |A(w+1, h, c) − A(w, h, c)| + |A(w, h+1, c) − A(w, h, c)|, over every mask, averaged
-    over the batch."""
+    over the batch, in float32 under --amp (common.amp)."""
+    masks = float32(masks)
     dw = (masks[..., :, 1:] - masks[..., :, :-1]).abs().sum((1, 2, 3))
     dh = (masks[..., 1:, :] - masks[..., :-1, :]).abs().sum((1, 2, 3))
     return (dw + dh).mean()
@@ -197,6 +199,7 @@ class AttentionGAN:
         self.optimizers = {
             "G": torch.optim.Adam([*self.G_XY.parameters(), *self.G_YX.parameters()], **adam),
             "D": torch.optim.Adam([p for D in self.discriminators for p in D.parameters()], **adam)}
+        self.amp = Precision(args.amp, device, self.optimizers)  # --amp (common.amp)
         # One pool per target domain, of [attention, image] pairs: D_Y sees the image, D_YA the pair.
         self.pools = {"Y": ImagePool(args.pool_size), "X": ImagePool(args.pool_size)}
         self.w = dict(cycle=args.cycle_weight, pixel=args.pixel_weight, identity=args.identity_weight,
@@ -269,9 +272,7 @@ class AttentionGAN:
         G_loss = (r * (w["cycle"] * losses["G_cycle"] + w["pixel"] * losses["G_pixel"]
                        + w["identity"] * w["cycle"] * losses["G_identity"])
                   + (1 - r) * (w["adv"] * (losses["G_gan"] + losses["G_agan"]) + w["tv"] * losses["G_tv"]))
-        G_loss.backward()
-        self.optimizers["G"].step()
-        self.optimizers["G"].zero_grad(set_to_none=True)
+        self.amp.update("G", G_loss)
         for D in self.discriminators:
             D.requires_grad_(True)
 
@@ -284,9 +285,7 @@ class AttentionGAN:
             D_loss = D_loss + lsgan_d(self.nets[f"D_{Y}"], y, pooled[:, -3:])
             if self.attention_d:
                 D_loss = D_loss + lsgan_d(self.nets[f"D_{Y}A"], torch.cat([A, y], 1), pooled)
-        D_loss.backward()
-        self.optimizers["D"].step()
-        self.optimizers["D"].zero_grad(set_to_none=True)
+        self.amp.update("D", D_loss)
 
         out = {"G": G_loss.detach(), "D": D_loss.detach(), "r": torch.tensor(r, dtype=torch.float64)}
         out.update({k: v.detach() for k, v in losses.items() if torch.is_tensor(v)})

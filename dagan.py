@@ -70,6 +70,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.amp import Precision, float32
 from common.train import UsageError, add_bool, add_default, main
 from kernels.boxmask import box_crop, box_masks
 
@@ -144,8 +145,9 @@ class DAE(nn.Module):
             nn.init.zeros_(self.f_loc[-1].bias)
 
     def boxes(self, X):
-        """Eq. (1): centres (x_i, y_i) in [-1, 1]; Eq. (2)'s half-sizes (w, h), fixed."""
-        centres = torch.tanh(self.loc_gain * self.f_loc(self.E(X))).view(len(X), self.n_boxes, 2)
+        """Eq. (1): centres (x_i, y_i) in [-1, 1], float32 under --amp (bf16 would move a box in steps of up to 1/128
+        of the image); Eq. (2)'s half-sizes (w, h), fixed."""
+        centres = torch.tanh(self.loc_gain * float32(self.f_loc(self.E(X)))).view(len(X), self.n_boxes, 2)
         return centres, torch.full_like(centres, self.half)
 
     def forward(self, X):
@@ -221,6 +223,7 @@ class DAGAN:
         self.optimizers = {
             "F": torch.optim.Adam([p for net in (self.DAE, self.G, self.C) for p in net.parameters()], **adam),
             "D": torch.optim.Adam([p for D in Ds for p in D.parameters()], **adam)}
+        self.amp = Precision(args.amp, device, self.optimizers)  # --amp (common.amp)
         self.alpha = args.alpha if args.cst else 0.0
         self.beta = args.beta if args.sym else 0.0
         self.cls_weight, self.source_labels = args.cls_weight, args.source_labels
@@ -234,7 +237,7 @@ class DAGAN:
     def d(self, u, v):
         """Table 4's d: the distance of the classifier's features, with the classifier held fixed."""
         self.C.requires_grad_(False)
-        distance = (self.C.features(u) - self.C.features(v)).abs().mean()
+        distance = F.l1_loss(self.C.features(u), self.C.features(v))  # mean |φ(u) − φ(v)|, float32 under --amp
         self.C.requires_grad_(True)
         return distance
 
@@ -265,18 +268,14 @@ class DAGAN:
             losses["cls"] = cls
         losses["G"] = (losses["G_adv_s"] + losses.get("G_adv_t", 0) + self.alpha * losses.get("cst", 0)
                        + self.beta * losses.get("sym", 0) + self.cls_weight * losses.get("cls", 0))  # Eq. (9)
-        losses["G"].backward()
-        self.optimizers["F"].step()
-        self.optimizers["F"].zero_grad(set_to_none=True)
+        self.amp.update("F", losses["G"])
         for D in Ds:
             D.requires_grad_(True)
 
         losses["D"] = bce(self.D1(t), 1) + bce(self.D1(fake_s.detach()), 0)  # D1 maximises Eq. (7)
         if self.D2 is not None:
             losses["D"] = losses["D"] + bce(self.D2(t), 1) + bce(self.D2(fake_t.detach()), 0)  # D2, Eq. (8)
-        losses["D"].backward()
-        self.optimizers["D"].step()
-        self.optimizers["D"].zero_grad(set_to_none=True)
+        self.amp.update("D", losses["D"])
         return {k: v.detach() for k, v in losses.items()}
 
     # --- Inference --------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.amp import Precision
 from common.blocks import ImagePool, PatchGAN, init_normal, lsgan, lsgan_d, resnet_decoder, resnet_encoder
 from common.train import UsageError, add_bool, add_default, main
 
@@ -273,6 +274,7 @@ class GuideGAN:
             "G": torch.optim.Adam([p for k in ("G_X", "G_Y", "T") if k in self.nets
                                    for p in self.nets[k].parameters()], **adam),
             "D": torch.optim.Adam([*self.D_Y.parameters(), *self.D_X.parameters()], **adam)}
+        self.amp = Precision(args.amp, device, self.optimizers)  # --amp (common.amp)
         self.pools = {} if self.supervised else dict(fake_A=ImagePool(args.pool_size),
                                                      fake_B=ImagePool(args.pool_size))
         self.adv_weight, self.l1_weight = args.adv_weight, args.l1_weight
@@ -321,17 +323,13 @@ class GuideGAN:
             losses["G_l1"] = (mean([F.l1_loss(self.unguided(self.G_Y, f), x) for f, _ in to_B])
                               + mean([F.l1_loss(self.unguided(self.G_X, f), y) for f, _ in to_A]))
         losses["G"] = self.adv_weight * losses["G_adv"] + self.l1_weight * losses["G_l1"]  # Eq. (9), (11)
-        losses["G"].backward()
-        self.optimizers["G"].step()
-        self.optimizers["G"].zero_grad(set_to_none=True)
+        self.amp.update("G", losses["G"])
         self.D_X.requires_grad_(True)
         self.D_Y.requires_grad_(True)
 
         fake_y, fake_x = to_B[-1][0], to_A[-1][0]
         losses["D"] = self.d_loss(self.D_Y, x, y, fake_y, "fake_B") + self.d_loss(self.D_X, y, x, fake_x, "fake_A")
-        losses["D"].backward()
-        self.optimizers["D"].step()
-        self.optimizers["D"].zero_grad(set_to_none=True)
+        self.amp.update("D", losses["D"])
         return {k: v.detach() for k, v in losses.items()}
 
     def d_loss(self, D, x, real, fake, pool):

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.amp import Precision
 from common.blocks import (ImagePool, PatchGAN, ResnetBlock, conv, init_normal, lsgan, lsgan_d, resnet_decoder,
                            resnet_encoder)
 from common.train import UsageError, add_bool, add_default, main
@@ -143,6 +144,7 @@ class UAIT:
             "G": torch.optim.Adam([p for k, net in self.nets.items() if k[0] in "FA" for p in net.parameters()],
                                   **adam),
             "D": torch.optim.Adam([*self.D_S.parameters(), *self.D_T.parameters()], **adam)}
+        self.amp = Precision(args.amp, device, self.optimizers)  # --amp (common.amp)
         # One history per discriminator, of (fake, attention map) pairs stacked as 4 channels, as the authors pool
         # (fake, mask): the map masks the fake when it is drawn again in stage 2.
         self.pools = {"S": ImagePool(args.pool_size), "T": ImagePool(args.pool_size)}
@@ -198,18 +200,14 @@ class UAIT:
             losses["G_cycle"] = (F.l1_loss(self.back(s_prime, s_a, self.F_TS, self.A_T), s)
                                  + F.l1_loss(self.back(t_prime, t_a, self.F_ST, self.A_S), t))
         losses["G"] = adv + self.cycle_weight * losses["G_cycle"] if self.cycle else adv
-        losses["G"].backward()
-        self.optimizers["G"].step()
-        self.optimizers["G"].zero_grad(set_to_none=True)
+        self.amp.update("G", losses["G"])
         self.D_S.requires_grad_(True)
         self.D_T.requires_grad_(True)
 
         # D_T judges t (t_new in stage 2, masked by A_T(t)) against F_ST's fakes, D_S likewise: Eq. (5)'s max.
         losses["D"] = (self.d_loss(self.D_T, self.pools["T"], t, t_a, fake_T, s_a, masked)
                        + self.d_loss(self.D_S, self.pools["S"], s, s_a, fake_S, t_a, masked))
-        losses["D"].backward()
-        self.optimizers["D"].step()
-        self.optimizers["D"].zero_grad(set_to_none=True)
+        self.amp.update("D", losses["D"])
         return {k: v.detach() for k, v in losses.items()}
 
     # --- Inference --------------------------------------------------------------------------------------------

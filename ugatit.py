@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.amp import Precision
 from common.blocks import InstanceNorm2d, ResnetBlock, SNConv2d, SNLinear, conv, init_normal, lsgan
 from common.train import UsageError, add_bool, add_default, load_checkpoint, load_nets, main, our_nets
 from kernels.adalin import adalin
@@ -275,6 +276,7 @@ class UGATIT:
         self.optimizers = {name: torch.optim.Adam(net.parameters(), **adam) for name, net in self.nets.items()
                            if name.startswith("dis")}
         self.optimizers["G"] = torch.optim.Adam([*self.genA2B.parameters(), *self.genB2A.parameters()], **adam)
+        self.amp = Precision(args.amp, device, self.optimizers)  # --amp (common.amp)
         self.w = dict(adv=args.adv_weight, cycle=args.cycle_weight, identity=args.identity_weight,
                       cam=args.cam_weight)
 
@@ -327,9 +329,7 @@ class UGATIT:
                 x_st = G_st(x_s)[0]
             for name in D_t:
                 loss = w["adv"] * self.d_loss(self.nets[name], x_t, x_st)
-                loss.backward()
-                self.optimizers[name].step()
-                self.optimizers[name].zero_grad(set_to_none=True)
+                self.amp.update(name, loss)
                 losses["D"] += loss.detach()
 
         # Generators minimise Eq. (7), in one backward pass per group of terms: the gradients add up to those of
@@ -341,7 +341,7 @@ class UGATIT:
             x_tt, cam_tt, _ = G_st(x_t)
             identity = F.l1_loss(x_tt, x_t)                                    # Eq. (4)
             cam = self.cam_loss(cam_tt, 0)                                     # Eq. (5): η_s(x_t) → 0
-            (w["identity"] * identity + w["cam"] * cam).backward()
+            self.amp.backward("G", w["identity"] * identity + w["cam"] * cam)
             losses["G_identity"] += identity.detach()
             losses["G_cam"] += cam.detach()
         for x_s, x_t, G_st, G_ts, D_t in directions:
@@ -351,14 +351,13 @@ class UGATIT:
             cam = self.cam_loss(cam_st, 1)                                     # Eq. (5): η_s(x_s) → 1
             # Eq. (7). λ1 weighs both adversarial terms (Eq. 2 and 6) and λ4 only Eq. (5), as in the authors' code;
             # reading the paper's L_cam as both would scale D's CAM terms by 1000.
-            (w["adv"] * adv + w["cycle"] * cycle + w["cam"] * cam).backward()
+            self.amp.backward("G", w["adv"] * adv + w["cycle"] * cycle + w["cam"] * cam)
             losses["G_adv"] += adv.detach()
             losses["G_cycle"] += cycle.detach()
             losses["G_cam"] += cam.detach()
         for D in (self.disGA, self.disGB, self.disLA, self.disLB):
             D.requires_grad_(True)
-        self.optimizers["G"].step()
-        self.optimizers["G"].zero_grad(set_to_none=True)
+        self.amp.step("G")
         clip_rho(self.genA2B)
         clip_rho(self.genB2A)
 

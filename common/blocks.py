@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.amp import compute_dtype, full_precision
+
 
 def conv(in_ch, out_ch, kernel, stride=1, bias=True, layer=nn.Conv2d):
     """Reflection padding of (kernel − 1) // 2, then the convolution: two modules, as in the released code, which
@@ -68,14 +70,15 @@ class SpectralNorm:
     def power_iteration(self):
         """One step towards W's top singular vectors, at every training forward (none in eval mode)."""
         if self.training:
-            with torch.no_grad():
+            with torch.no_grad(), full_precision(self.weight):  # bf16 would blur u, v and σ to 3 digits
                 W = self.weight.flatten(1)
                 self.weight_v.copy_(F.normalize(W.t() @ self.weight_u, dim=0))
                 self.weight_u.copy_(F.normalize(W @ self.weight_v, dim=0))
 
     def sigma(self):
         self.power_iteration()
-        return self.weight_u @ (self.weight.flatten(1) @ self.weight_v)  # σ ≈ uᵀWv; u, v fixed in the gradient
+        with full_precision(self.weight):
+            return self.weight_u @ (self.weight.flatten(1) @ self.weight_v)  # σ ≈ uᵀWv; u, v fixed in the gradient
 
 
 class SNConv2d(SpectralNorm, nn.Conv2d):
@@ -110,31 +113,36 @@ class SNConvFunction(torch.autograd.Function):
     """y = conv(x, W) / σ + b with σ = uᵀ W v (u, v fixed). With g = dL/dy and y0 = conv(x, W):
         dL/dx = conv_input_grad(W, g / σ)
         dL/dW = conv_weight_grad(x, g / σ) − (Σ g·y0 / σ²) · u vᵀ
-        dL/db = Σ g"""
+        dL/db = Σ g
+    Under autocast (common.amp) both convs run in its type, as nn.Conv2d's would; σ, the rank-1 term and the
+    weight's gradient stay float32."""
 
     @staticmethod
     def forward(ctx, x, W, b, u, v, stride, padding):
-        sigma = u @ (W.flatten(1) @ v)
+        with full_precision(x):
+            sigma = u @ (W.flatten(1) @ v)
+        dtype = compute_dtype(x)
+        x, W_low = x.to(dtype), W.to(dtype)
         with plain_cpu_conv():
-            y0 = F.conv2d(x, W, None, stride, padding)
-        ctx.save_for_backward(x, W, u, v, y0, sigma)
-        ctx.stride, ctx.padding = stride, padding
+            y0 = F.conv2d(x, W_low, None, stride, padding)
+        ctx.save_for_backward(x, W_low, u, v, y0, sigma)
+        ctx.stride, ctx.padding, ctx.W_dtype = stride, padding, W.dtype
         y = y0 / sigma
-        return y if b is None else y + b[:, None, None]
+        return y if b is None else y + b.to(dtype)[:, None, None]
 
     @staticmethod
     def backward(ctx, g):
         x, W, u, v, y0, sigma = ctx.saved_tensors
-        g_s = g / sigma
+        g_s = (g / sigma).to(x.dtype)
         grad_x = grad_W = grad_b = None
         with plain_cpu_conv():
             if ctx.needs_input_grad[0]:
                 grad_x = torch.nn.grad.conv2d_input(x.shape, W, g_s, ctx.stride, ctx.padding)
             if ctx.needs_input_grad[1]:
-                grad_W = torch.nn.grad.conv2d_weight(x, W.shape, g_s, ctx.stride, ctx.padding)
-                grad_W.view(W.shape[0], -1).addr_(u, v, alpha=-(g_s * y0).sum() / sigma)
+                grad_W = torch.nn.grad.conv2d_weight(x, W.shape, g_s, ctx.stride, ctx.padding).to(ctx.W_dtype)
+                grad_W.view(W.shape[0], -1).addr_(u, v, alpha=-(g_s.float() * y0).sum() / sigma)
         if ctx.needs_input_grad[2]:
-            grad_b = g.sum((0, 2, 3))
+            grad_b = g.float().sum((0, 2, 3))
         return grad_x, grad_W, grad_b, None, None, None, None
 
 

@@ -28,8 +28,10 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used, with a one-line message naming the file."""
 
 
-# What save_checkpoint writes; load refuses anything else rather than drop it at the next save.
-KEYS = ("step", "args", "nets", "optimizers", "schedulers", "pools", "rng")
+# What save_checkpoint writes; load refuses anything else rather than drop it at the next save. A resume needs all
+# but "amp" (common.amp's loss scales), which checkpoints written before --amp existed lack.
+KEYS = ("step", "args", "nets", "optimizers", "schedulers", "pools", "rng", "amp")
+REQUIRED = KEYS[:-1]
 
 
 def nbytes(obj):
@@ -108,8 +110,8 @@ def read(path):
         raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
 
 
-def load(path, parts=KEYS):
-    """A checkpoint of these scripts holding at least `parts` (a resume needs all of KEYS; weights only 'nets')."""
+def load(path, parts=REQUIRED):
+    """A checkpoint of these scripts holding at least `parts` (a resume needs REQUIRED; weights only 'nets')."""
     state = read(path)
     if not isinstance(state, dict) or not isinstance(state.get("nets"), dict):
         held = f"a dict of {', '.join(map(str, list(state)[:4]))}" if isinstance(state, dict) else type(state).__name__
@@ -127,7 +129,7 @@ def load(path, parts=KEYS):
     return state
 
 
-def load_latest(path, parts=KEYS):
+def load_latest(path, parts=REQUIRED):
     """latest.pt, or previous.pt with a message when latest.pt is missing or damaged (the damaged one is kept aside
     as latest.pt.damaged, so the next save does not rotate it in as previous.pt)."""
     previous = previous_of(path)

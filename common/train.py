@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import checkpoints
+from common import checkpoints, distributed
 from common.data import EMBEDDED, DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_data
 from common.images import grid, overlay
 
@@ -112,6 +112,11 @@ def build_parser(name, description, defaults):
     add_bool(p, "--resume", False, "continue from <run>/checkpoints/latest.pt")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and the augmentation "
                                                        "(default 0)")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                   help="mixed precision for training (common.amp): bf16, fp16 with loss scaling, or off, the papers' "
+                        "float32 (default off, on every device)")
+    add_bool(p, "--deterministic", False, "on CUDA: deterministic algorithms, so that --resume continues bit for bit, "
+             "at some speed (without it cuDNN benchmarks each conv's algorithm and picks the fastest; see README)")
     p.add_argument("--kernels", choices=("auto", "torch", "triton"), default=None,
                    help="fused ops: Triton kernels or the PyTorch references (sets ATTNGAN_KERNELS; default auto: "
                         "Triton on CUDA)")
@@ -183,6 +188,19 @@ def choose_device(name):
     return device
 
 
+def cuda_settings(deterministic):
+    """cuDNN's autotuner by default: it times each conv shape's algorithms once and keeps the fastest, which may
+    differ from run to run, as may the atomics of some backward kernels. --deterministic trades that speed for
+    repeatable steps: deterministic cuDNN and cuBLAS (its workspace setting must precede the first cuBLAS call)
+    and PyTorch's deterministic kernels; an op that has none on CUDA runs as before, with PyTorch's warning naming
+    it, rather than stopping the run."""
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -227,6 +245,7 @@ def save_checkpoint(path, model, schedulers, step, args):
                             "optimizers": {k: o.state_dict() for k, o in model.optimizers.items()},
                             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                             "pools": {k: p.state_dict() for k, p in getattr(model, "pools", {}).items()},
+                            "amp": model.amp.state_dict(),
                             "rng": rng_state()})
 
 
@@ -390,6 +409,7 @@ def restore(model, schedulers, state, run, lr):
                              f"{sorted(state[part])} vs {sorted(objects)} here); use the flags it was trained with")
         for k, o in objects.items():
             o.load_state_dict(state[part][k])
+    model.amp.load_state_dict(state.get("amp", {}))
     set_rng_state(state["rng"])
     old = state["args"]["lr"]
     if lr is not None and lr != old:
@@ -416,10 +436,12 @@ def train(model, args, data, run, device):
                          f"--result_dir to start a new one")
     elif args.resume:
         print(f"--resume: no checkpoint at {run.checkpoint} yet; starting at iteration 0")
-    run.truncate_log(start)  # lines past the checkpoint, or of a run killed before its first checkpoint
+    lead = distributed.rank() == 0  # the rank that writes (common.distributed)
+    if lead:
+        run.truncate_log(start)  # lines past the checkpoint, or of a run killed before its first checkpoint
     if start >= args.iteration:
         print(f"already at iteration {start} of --iteration {args.iteration}: nothing to train")
-        if args.dataset in EMBEDDED and not run.evaluated(start):
+        if lead and args.dataset in EMBEDDED and not run.evaluated(start):
             print("its evaluation is missing (stopped during it?): evaluating now")
             with StopFlag(run.checkpoint) as stop:
                 stop.at_once = True
@@ -430,21 +452,26 @@ def train(model, args, data, run, device):
     steps = UnpairedSteps(data["trainA"], data["trainB"], seed=args.seed, paired=getattr(model, "paired", False),
                           info=with_info)
     workers = min(4, (os.cpu_count() or 1) // 2) if device.type == "cuda" else 0
+    if distributed.rank() > 0:  # its own dropout and pool draws (common.distributed)
+        seed_everything(args.seed + 7919 * distributed.rank() + start)
     loader = torch.utils.data.DataLoader(steps, batch_size=args.batch_size, num_workers=workers,
-                                         sampler=range(start * args.batch_size, args.iteration * args.batch_size),
+                                         sampler=distributed.Shard(start, args.iteration, args.batch_size),
                                          pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                                          generator=torch.Generator())  # its seed draw must not move torch's RNG
     show_A, show_B = data["testA"] or data["trainA"], data["testB"] or data["trainB"]
-    run.samples.mkdir(parents=True, exist_ok=True)
+    if lead:
+        run.samples.mkdir(parents=True, exist_ok=True)
     step, t0 = start, time.time()
-    bar = tqdm(total=args.iteration, initial=start, dynamic_ncols=True, desc=run.root.parent.name)
+    bar = tqdm(total=args.iteration, initial=start, dynamic_ncols=True, desc=run.root.parent.name, disable=not lead)
     with StopFlag(run.checkpoint) as stop:
         for batch in loader:
             model.progress = step / args.iteration
             images = [x.to(device, non_blocking=True) for x in batch[:2]]
-            losses = model.train_step(*images, {k: v.to(device) for k, v in batch[2].items()}) if with_info \
-                else model.train_step(*images)
-            values = {k: v.item() for k, v in losses.items()}
+            with model.amp.autocast():
+                losses = model.train_step(*images, {k: v.to(device) for k, v in batch[2].items()}) if with_info \
+                    else model.train_step(*images)
+            values, signum = distributed.agree({k: v.item() for k, v in losses.items()}, stop.signum)
+            stop.signum = stop.signum or signum
             if not all(math.isfinite(v) for v in values.values()):
                 bar.close()
                 bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
@@ -453,6 +480,10 @@ def train(model, args, data, run, device):
                 s.step()
             step += 1
             bar.update()
+            if not lead:
+                if stop.signum:
+                    raise Stopped(stop.signum, "")
+                continue
             if step % args.log_freq == 0 or step == args.iteration:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
                 run.write_log({"step": step, "time": round(time.time() - t0, 3),
@@ -474,7 +505,7 @@ def train(model, args, data, run, device):
         bar.close()
         print(f"done: {step} iterations in {time.time() - t0:.0f} s; checkpoint {run.checkpoint}, samples "
               f"{run.samples}")
-        if args.dataset in EMBEDDED:
+        if lead and args.dataset in EMBEDDED:
             evaluate(model, args, data, run, step, device)
 
 
@@ -595,11 +626,15 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
     try:
         args = parse_args(parser, argv, preset)
         device = choose_device(args.device)
+        if distributed.launched():
+            device = distributed.init(device)
         if args.kernels:
             os.environ["ATTNGAN_KERNELS"] = args.kernels
         # Late in training, tiny gradients and Adam moments turn subnormal, which x86 CPUs compute many times
         # slower: flushing them to zero made iterations 2000-2200 of the CPU preset 28% faster (64 s -> 46 s).
         torch.set_flush_denormal(True)
+        if device.type == "cuda":
+            cuda_settings(args.deterministic)
         print(f"{name}: " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None)
               + f"  [device {device}]")
         if args.download:
@@ -613,7 +648,9 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
             args.iteration = math.ceil(args.epochs * largest / args.batch_size)
             print(f"--epochs {args.epochs} of {largest} images, batch {args.batch_size}: --iteration {args.iteration}")
         run = Run(args, name, new_lr=args.lr if given(argv, parser, "lr") else None)
-        with checkpoints.RunLock(run.root):
+        if args.phase == "test" and distributed.rank() > 0:
+            return  # the test phase is rank 0's
+        with checkpoints.RunLock(run.root) if distributed.rank() == 0 else contextlib.nullcontext():
             (train if args.phase == "train" else test)(model, args, data, run, device)
     except (UsageError, DataError, checkpoints.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -624,3 +661,5 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
     except KeyboardInterrupt:  # outside the training loop: nothing to save
         print("Ctrl-C: stopped", file=sys.stderr)
         sys.exit(130)
+    finally:
+        distributed.close()

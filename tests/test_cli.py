@@ -1,5 +1,6 @@
 """ugatit.py end to end, as a user runs it: train, Ctrl-C, crash, resume, test phase, bad input."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 import ugatit
-from common.train import build_parser, lr_factor, parse_args
+from common.train import build_parser, cuda_settings, lr_factor, parse_args
 from conftest import ROOT
 
 TINY = ["--img_size", "32", "--ch", "4", "--n_res", "1", "--n_dis", "4", "--light", "--log_freq", "1"]
@@ -164,3 +165,18 @@ def test_preset_may_name_the_embedded_data():
     args = parse_args(parser, ["--iteration", "3"], {"dataset": "digits", "iteration": 7, "img_size": 32})
     assert (args.dataset, args.iteration, args.img_size) == ("digits", 3, 32)
     assert parse_args(parser, [], {"iteration": 7}).dataset == "shapes"
+
+
+def test_cuda_runs_autotune_unless_deterministic(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        cuda_settings(False)
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+        cuda_settings(True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
