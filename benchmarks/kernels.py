@@ -3,7 +3,7 @@
     python benchmarks/kernels.py            # CUDA if present, else the CPU table
 
 At the shapes the models use (AdaLIN 1×256×64×64 and 8×256×64×64; the blends at 1×3×256×256, n = 10 masks for
-the softmax form; box crop: 64 images × 4 boxes at 3×256×256), for the forward, the backward and both. AdaLIN's
+the softmax form, and on CUDA also at 8×3×256×256; box crop: 64 images × 4 boxes at 3×256×256), for the forward, the backward and both. AdaLIN's
 eager reference is the one-affine-map form the CPU path runs; one more row gives Eq. 1 computed term by term
 (`adalin_eq1`).
 - always: the bytes the eager reference moves (inputs plus outputs of every aten op it runs, counted with a
@@ -64,15 +64,15 @@ def cases(device):
         return [torch.randn(1, 3, 256, 256, device=device), torch.randn(1, 3, 256, 256, device=device),
                 torch.rand(1, 1, 256, 256, device=device)]
 
-    def softmax_make():
-        return [torch.randn(1, 3, 256, 256, device=device), torch.randn(1, 9, 3, 256, 256, device=device),
-                torch.randn(1, 10, 256, 256, device=device)]
+    def softmax_make(N=1):
+        return [torch.randn(N, 3, 256, 256, device=device), torch.randn(N, 9, 3, 256, 256, device=device),
+                torch.randn(N, 10, 256, 256, device=device)]
 
     def box_make():
         return [torch.randn(64, 3, 256, 256, device=device), torch.rand(64, 4, 2, device=device) - 0.5,
                 torch.rand(64, 4, 2, device=device) * 0.3 + 0.2]
     lse = lambda a: a[2][:, 0].numel() * 4  # noqa: E731  (per-pixel fp32 log-sum-exp)
-    return [
+    table = [
         adalin_case(1), adalin_case(8), adalin_case(8, adalin_eq1, " (eager: Eq. 1 as printed)"),
         ("blend 1x3x256x256", blend_make, blend_reference, BlendFunction.apply,
          lambda a: nbytes(*a) + nbytes(a[0]), lambda a: 2 * nbytes(*a) + nbytes(a[0])),
@@ -83,6 +83,10 @@ def cases(device):
          lambda a: 4 * nbytes(a[0]) * 2,          # X read once per box, R (4 boxes) written
          lambda a: nbytes(a[0]) * (1 + 4 + 1)),   # X read, dR read, dX written
     ]
+    if device.type == "cuda":  # AttentionGAN's blend at batch 8: enough work to fill a GPU
+        softmax = next(c for c in table if c[0].startswith("blend softmax"))
+        table.append(("blend softmax n=10 8x3x256x256", lambda: softmax_make(8), *softmax[2:]))
+    return table
 
 
 def timed(fn, device, repeat):
