@@ -18,9 +18,11 @@ common.blocks.InstanceNorm2d, which does the same for plain IN). Maps that vary 
 `adalin_eq1` is Eq. (1) as printed; `adalin_reference` computes the same as one affine map per (n, c), and is what
 runs on CPU. The Triton path reads x twice in the forward and
 twice (with dy) in the backward:
-    forward   1. per (n, c) row: Σ(x − k) and Σ(x − k)² in fp32, k = the row's first value (no cancellation
-                 when the mean is large); layer statistics follow from these N×C numbers (parallel-variance
-                 combination), so x is not read again for them;
+    forward   1. per (n, c) row: the mean and Σ(x − mean)² in fp32, block by block: each block's own, from its
+                 values' deviations from the block's first value and then from the block's mean, merged into the
+                 row's (Chan et al.'s pairwise combination). As exact as fp32 allows for data far from 0
+                 (x ≈ 1000 ± 0.01) and for an outlier anywhere; layer statistics follow from these N×C numbers (the same combination), so
+                 x is not read again for them;
               2. elementwise: y = (x − μ_I) · scale + shift, one (scale, shift) per (n, c).
     backward  1. per row: Σ dy and Σ dy · (x − μ_I);
               2. elementwise: dx = dy · scale + b · (x − μ_I) + a.
@@ -73,7 +75,7 @@ def _layer_from_instance(mu_I, m2_I, HW):
 def _inv_std(var, eps):
     """1 / sqrt(σ² + ε), and 0 where σ² is exactly 0: a constant map's â is 0 with no gradient (module docstring).
     Our variances come out exactly 0 for constant rows: torch.var_mean updates Welford's sums, and the Triton path
-    sums deviations from one of the row's values."""
+    merges blocks' deviations from their own values (_row_moments)."""
     return torch.where(var > 0, torch.rsqrt(var + eps), 0)
 
 
@@ -107,22 +109,29 @@ def _coefficients(mu_I, var_I, mu_L, var_L, rho, gamma, beta, eps):
 
 if triton is not None:
     @triton.jit
-    def _row_moments(X, K_OUT, S1, S2, HW, BLOCK: tl.constexpr):
-        """Per row of H×W values: k = x[0], Σ(x − k), Σ(x − k)², accumulated in fp32."""
+    def _row_moments(X, MEAN, M2, HW, BLOCK: tl.constexpr):
+        """Per row of H×W values: the mean and Σ(x − mean)², in fp32 (module docstring). Means are kept about the
+        row's first value k, so the merges add numbers of the data's spread, not of its offset. A constant row
+        gives its value and exactly 0: every deviation and every merge's is 0."""
         row = tl.program_id(0).to(tl.int64)
         base = X + row * HW
         k = tl.load(base).to(tl.float32)
-        acc1 = tl.zeros([BLOCK], dtype=tl.float32)
-        acc2 = tl.zeros([BLOCK], dtype=tl.float32)
+        count, mean, m2 = 0.0, 0.0, 0.0  # of the blocks so far; mean about k
         for start in range(0, HW, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             inside = offs < HW
-            d = tl.where(inside, tl.load(base + offs, mask=inside, other=0.0).to(tl.float32) - k, 0.0)
-            acc1 += d
-            acc2 += d * d
-        tl.store(K_OUT + row, k)
-        tl.store(S1 + row, tl.sum(acc1, axis=0))
-        tl.store(S2 + row, tl.sum(acc2, axis=0))
+            first = tl.load(base + start).to(tl.float32)
+            d = tl.where(inside, tl.load(base + offs, mask=inside, other=0.0).to(tl.float32) - first, 0.0)
+            n_b = tl.minimum(HW - start, BLOCK).to(tl.float32)
+            shift = tl.sum(d, axis=0) / n_b
+            e = tl.where(inside, d - shift, 0.0)
+            delta = (first - k) + shift - mean
+            total = count + n_b
+            mean += delta * (n_b / total)
+            m2 += tl.sum(e * e, axis=0) + delta * delta * (count * n_b / total)
+            count = total
+        tl.store(MEAN + row, k + mean)
+        tl.store(M2 + row, m2)
 
     @triton.jit
     def _block(HW, BLOCK: tl.constexpr):
@@ -181,11 +190,9 @@ def _statistics(x, unbiased):
     """μ_I, σ²_I (N×C) from one pass; μ_L, σ²_L (N×1) from them. All fp32."""
     N, C = x.shape[:2]
     rows, HW = _rows(x)
-    k, s1, s2 = (torch.empty(rows, device=x.device, dtype=torch.float32) for _ in range(3))
-    _row_moments[(rows,)](x, k, s1, s2, HW, BLOCK=min(BLOCK, triton.next_power_of_2(HW)))
-    k, s1, s2 = k.view(N, C), s1.view(N, C), s2.view(N, C)
-    mu_I = k + s1 / HW
-    m2_I = (s2 - s1 * s1 / HW).clamp_min(0)            # Σ (x − μ_I)²
+    mu_I, m2_I = (torch.empty(rows, device=x.device, dtype=torch.float32) for _ in range(2))
+    _row_moments[(rows,)](x, mu_I, m2_I, HW, BLOCK=min(BLOCK, triton.next_power_of_2(HW)))
+    mu_I, m2_I = mu_I.view(N, C), m2_I.view(N, C)     # μ_I and Σ (x − μ_I)²
     mu_L, m2_L = _layer_from_instance(mu_I, m2_I, HW)
     d_I, d_L = _divisors(C, HW, unbiased)
     return mu_I, m2_I / d_I, mu_L, m2_L / d_L, d_I, d_L
