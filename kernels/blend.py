@@ -8,7 +8,8 @@
 
 The `*_reference` functions are the readable math and the CPU path. The Triton kernels read every input once and
 write the output once: a program owns a block of pixels of one image and all its channels, so the reductions over
-channels (for the attention's gradient) and over the n masks need no atomics. The softmax is fused in the
+channels (for the attention's gradient) and over the n masks need no atomics. Channels are taken 16 at a time, so
+a wide input does not spill registers; beyond 16 the softmax re-reads the logits for each step. The softmax is fused in the
 "online" way (running maximum and sum, rescaling the accumulator), so neither p nor the products are stored; the
 backward recomputes p from the logits and the saved per-pixel log-sum-exp:
     dc_i = g · p_i,    dx = g · p_n,    dl_i = p_i · Σ_channels g · (v_i − out)    (v_i = c_i, v_n = x).
@@ -36,86 +37,103 @@ def blend_softmax_reference(x, content, logits):
 
 if triton is not None:
     @triton.jit
-    def _tile(C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        """This program's image n and block of pixels, with every channel: masks, and offsets within an image. The
-        grid is 1-D, images × blocks: CUDA caps a grid's second axis at 65535 (4096² pixels in blocks of 256)."""
+    def _tile(HW, BLOCK: tl.constexpr):
+        """This program's image n and block of pixels. The grid is 1-D, images × blocks: CUDA caps a grid's second
+        axis at 65535 (4096² pixels in blocks of 256)."""
         blocks = tl.cdiv(HW, BLOCK)
         pid = tl.program_id(0).to(tl.int64)
-        n = pid // blocks
         pix = (pid % blocks) * BLOCK + tl.arange(0, BLOCK)
-        ch = tl.arange(0, BLOCK_C)
-        in_pix = pix < HW
-        return n, pix, in_pix, (ch[:, None] < C) & in_pix[None, :], ch[:, None] * HW + pix[None, :]
+        return pid // blocks, pix, pix < HW
+
+    @triton.jit
+    def _channels(c0, C, HW, pix, in_pix, BLOCK_C: tl.constexpr):
+        """Channels c0 ... c0 + BLOCK_C − 1 of the block: masks, and offsets within an image."""
+        ch = c0 + tl.arange(0, BLOCK_C)
+        return (ch[:, None] < C) & in_pix[None, :], ch[:, None] * HW + pix[None, :]
 
     @triton.jit
     def _blend_fwd(X, Cn, A, OUT, C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        n, pix, in_pix, inside, img = _tile(C, HW, BLOCK_C, BLOCK)
-        offs = n * C * HW + img
+        n, pix, in_pix = _tile(HW, BLOCK)
         a = tl.load(A + n * HW + pix, mask=in_pix, other=0.0).to(tl.float32)[None, :]
-        x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
-        c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
-        tl.store(OUT + offs, (x + a * (c - x)).to(OUT.dtype.element_ty), mask=inside)
+        for c0 in range(0, C, BLOCK_C):
+            inside, img = _channels(c0, C, HW, pix, in_pix, BLOCK_C)
+            offs = n * C * HW + img
+            x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
+            c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
+            tl.store(OUT + offs, (x + a * (c - x)).to(OUT.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _blend_bwd(X, Cn, A, G, DX, DC, DA, C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        n, pix, in_pix, inside, img = _tile(C, HW, BLOCK_C, BLOCK)
-        offs = n * C * HW + img
+        n, pix, in_pix = _tile(HW, BLOCK)
         a = tl.load(A + n * HW + pix, mask=in_pix, other=0.0).to(tl.float32)[None, :]
-        x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
-        c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
-        g = tl.load(G + offs, mask=inside, other=0.0).to(tl.float32)
-        tl.store(DX + offs, (g * (1 - a)).to(DX.dtype.element_ty), mask=inside)
-        tl.store(DC + offs, (g * a).to(DC.dtype.element_ty), mask=inside)
-        da = tl.sum(tl.where(inside, g * (c - x), 0.0), axis=0)
+        da = tl.zeros([BLOCK], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            inside, img = _channels(c0, C, HW, pix, in_pix, BLOCK_C)
+            offs = n * C * HW + img
+            x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
+            c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
+            g = tl.load(G + offs, mask=inside, other=0.0).to(tl.float32)
+            tl.store(DX + offs, (g * (1 - a)).to(DX.dtype.element_ty), mask=inside)
+            tl.store(DC + offs, (g * a).to(DC.dtype.element_ty), mask=inside)
+            da += tl.sum(tl.where(inside, g * (c - x), 0.0), axis=0)
         tl.store(DA + n * HW + pix, da.to(DA.dtype.element_ty), mask=in_pix)
 
     @triton.jit
     def _softmax_fwd(X, Cn, L, OUT, LSE, C, HW, NM, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        """NM masks: NM − 1 content images, then the input. Online softmax over the masks."""
-        n, pix, in_pix, inside, img = _tile(C, HW, BLOCK_C, BLOCK)
-        m = tl.full([BLOCK], float("-inf"), tl.float32)
-        s = tl.zeros([BLOCK], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_C, BLOCK], dtype=tl.float32)
-        for i in range(NM):
-            logit = tl.load(L + (n * NM + i) * HW + pix, mask=in_pix, other=0.0).to(tl.float32)
-            if i < NM - 1:
-                v = tl.load(Cn + (n * (NM - 1) + i) * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-            else:
-                v = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-            m_new = tl.maximum(m, logit)
-            rescale = tl.exp(m - m_new)
-            e = tl.exp(logit - m_new)
-            s = s * rescale + e
-            acc = acc * rescale[None, :] + e[None, :] * v
-            m = m_new
-        tl.store(OUT + n * C * HW + img, (acc / s[None, :]).to(OUT.dtype.element_ty), mask=inside)
-        tl.store(LSE + n * HW + pix, m + tl.log(s), mask=in_pix)
+        """NM masks: NM − 1 content images, then the input. Online softmax over the masks, for each block of
+        channels (one block for RGB)."""
+        n, pix, in_pix = _tile(HW, BLOCK)
+        for c0 in range(0, C, BLOCK_C):
+            inside, img = _channels(c0, C, HW, pix, in_pix, BLOCK_C)
+            m = tl.full([BLOCK], float("-inf"), tl.float32)
+            s = tl.zeros([BLOCK], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_C, BLOCK], dtype=tl.float32)
+            for i in range(NM):
+                logit = tl.load(L + (n * NM + i) * HW + pix, mask=in_pix, other=0.0).to(tl.float32)
+                if i < NM - 1:
+                    v = tl.load(Cn + (n * (NM - 1) + i) * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+                else:
+                    v = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+                m_new = tl.maximum(m, logit)
+                rescale = tl.exp(m - m_new)
+                e = tl.exp(logit - m_new)
+                s = s * rescale + e
+                acc = acc * rescale[None, :] + e[None, :] * v
+                m = m_new
+            tl.store(OUT + n * C * HW + img, (acc / s[None, :]).to(OUT.dtype.element_ty), mask=inside)
+            tl.store(LSE + n * HW + pix, m + tl.log(s), mask=in_pix)  # the same at every step
 
     @triton.jit
     def _softmax_bwd(X, Cn, L, OUT, LSE, G, DX, DC, DL, C, HW, NM, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        n, pix, in_pix, inside, img = _tile(C, HW, BLOCK_C, BLOCK)
-        g = tl.load(G + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-        out = tl.load(OUT + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+        """dl's sum over channels goes block by block into DL itself: this program alone owns those pixels."""
+        n, pix, in_pix = _tile(HW, BLOCK)
         lse = tl.load(LSE + n * HW + pix, mask=in_pix, other=0.0)
-        for i in range(NM):
-            p = tl.exp(tl.load(L + (n * NM + i) * HW + pix, mask=in_pix, other=0.0).to(tl.float32) - lse)
-            if i < NM - 1:
-                v = tl.load(Cn + (n * (NM - 1) + i) * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-                tl.store(DC + (n * (NM - 1) + i) * C * HW + img, (g * p[None, :]).to(DC.dtype.element_ty),
-                         mask=inside)
-            else:
-                v = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-                tl.store(DX + n * C * HW + img, (g * p[None, :]).to(DX.dtype.element_ty), mask=inside)
-            dl = p * tl.sum(tl.where(inside, g * (v - out), 0.0), axis=0)
-            tl.store(DL + (n * NM + i) * HW + pix, dl.to(DL.dtype.element_ty), mask=in_pix)
+        for c0 in range(0, C, BLOCK_C):
+            inside, img = _channels(c0, C, HW, pix, in_pix, BLOCK_C)
+            g = tl.load(G + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+            out = tl.load(OUT + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+            for i in range(NM):
+                p = tl.exp(tl.load(L + (n * NM + i) * HW + pix, mask=in_pix, other=0.0).to(tl.float32) - lse)
+                if i < NM - 1:
+                    v = tl.load(Cn + (n * (NM - 1) + i) * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+                    tl.store(DC + (n * (NM - 1) + i) * C * HW + img, (g * p[None, :]).to(DC.dtype.element_ty),
+                             mask=inside)
+                else:
+                    v = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+                    tl.store(DX + n * C * HW + img, (g * p[None, :]).to(DX.dtype.element_ty), mask=inside)
+                dl = p * tl.sum(tl.where(inside, g * (v - out), 0.0), axis=0)
+                dl_at = DL + (n * NM + i) * HW + pix
+                dl += tl.load(dl_at, mask=in_pix & (c0 > 0), other=0.0).to(tl.float32)
+                tl.store(dl_at, dl.to(DL.dtype.element_ty), mask=in_pix)
 
 
 BLOCK = 256
+MAX_BLOCK_C = 16  # channels per step of a program's loop: 16 × 256 values per tensor stay in registers
 
 
 def _grid(x):
     N, C, H, W = x.shape
-    return (N * triton.cdiv(H * W, BLOCK),), C, H * W, triton.next_power_of_2(C)
+    return (N * triton.cdiv(H * W, BLOCK),), C, H * W, min(triton.next_power_of_2(C), MAX_BLOCK_C)
 
 
 class BlendFunction(torch.autograd.Function):

@@ -7,7 +7,8 @@ from kernels.blend import (BlendFunction, BlendSoftmaxFunction, blend, blend_ref
                            blend_softmax_reference)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SHAPES = [(1, 3, 1, 1), (2, 3, 7, 9), (1, 5, 33, 65), (3, 3, 20, 20)]  # 400 pixels > one 256-pixel block
+# 400 pixels > one 256-pixel block; 40 channels > one 16-channel step of a program (16, 16, then 8); one channel
+SHAPES = [(1, 3, 1, 1), (2, 3, 7, 9), (1, 5, 33, 65), (3, 3, 20, 20), (2, 40, 5, 7), (2, 1, 6, 6)]
 
 
 def leaf(*shape, scale=1.0, shift=0.0):
@@ -112,3 +113,9 @@ def test_a_second_backward_through_the_kernels_raises(softmax):
     dx, = torch.autograd.grad(out.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         dx.sum().backward()
+
+
+def test_a_wide_input_takes_its_channels_sixteen_at_a_time():
+    """An uncapped power-of-two channel tile (256 × 256 values per tensor at C = 256) would spill registers."""
+    from kernels.blend import _grid
+    assert [_grid(torch.empty(1, C, 4, 4))[3] for C in (1, 3, 16, 17, 256)] == [1, 4, 16, 16, 16]
