@@ -44,7 +44,8 @@ except Exception:  # no Triton wheel (macOS, Windows), or a broken install (back
 
 
 def _affine(p, x):
-    """γ or β as given (N×C from the MLP, or C / 1×C×1×1 learned) -> broadcastable to N×C×H×W."""
+    """ρ, γ or β as given -> broadcastable to N×C×H×W: N×C (AdaLIN's γ, β from the MLP), or C values in any shape
+    (C, 1×C×1×1: ρ, LIN's γ, β), or one value for every channel (a scalar)."""
     return p.reshape(p.shape[0], -1, 1, 1) if p.dim() == 2 else p.reshape(1, -1, 1, 1)
 
 
@@ -54,6 +55,7 @@ def adalin_eq1(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     mu_L, var_L = x.mean((1, 2, 3), keepdim=True), x.var((1, 2, 3), keepdim=True, unbiased=unbiased)
     a_I = (x - mu_I) / torch.sqrt(var_I + eps)
     a_L = (x - mu_L) / torch.sqrt(var_L + eps)
+    rho = _affine(rho, x)
     return _affine(gamma, x) * (rho * a_I + (1 - rho) * a_L) + _affine(beta, x)
 
 
@@ -92,7 +94,7 @@ def adalin_reference(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     # where σ = sqrt(variance + ε). Computed so, autograd keeps x and per-(n, c) numbers instead of â_I, â_L and
     # their mixes (all N×C×H×W): U-GAT-IT's generator keeps 114 MB instead of 184 MB per forward at 128 px, ch 64.
     # The tests hold this to adalin_eq1.
-    gamma, beta = _affine(gamma, x), _affine(beta, x)
+    rho, gamma, beta = _affine(rho, x), _affine(gamma, x), _affine(beta, x)
     scale = gamma * (rho * inv_I + (1 - rho) * inv_L)
     shift = beta - gamma * (rho * mu_I * inv_I + (1 - rho) * mu_L * inv_L)
     return x * scale + shift
@@ -198,10 +200,16 @@ def _statistics(x, unbiased):
     return mu_I, m2_I / d_I, mu_L, m2_L / d_L, d_I, d_L
 
 
-def _params(rho, gamma, beta, C):
-    """ρ, γ, β as fp32 N×C / 1×C views (γ, β of AdaLIN are N×C already)."""
-    flat = lambda p: (p if p.dim() == 2 else p.reshape(1, C)).float()  # noqa: E731
-    return rho.reshape(1, C).float(), flat(gamma), flat(beta)
+def _params(rho, gamma, beta):
+    """ρ, γ, β as fp32 N×C, 1×C or 1×1 tensors, which broadcast against the N×C statistics as _affine's shapes
+    broadcast against x (AdaLIN's γ, β are N×C already)."""
+    flat = lambda p: (p if p.dim() == 2 else p.reshape(1, -1)).float()  # noqa: E731
+    return flat(rho), flat(gamma), flat(beta)
+
+
+def _to_shape(grad, p):
+    """A parameter's gradient, which autograd summed over what _params broadcast, in the parameter's shape."""
+    return grad.reshape(p.shape).to(p.dtype)
 
 
 class AdaLINFunction(torch.autograd.Function):
@@ -210,10 +218,9 @@ class AdaLINFunction(torch.autograd.Function):
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         dtype = functools.reduce(torch.promote_types, (t.dtype for t in (x, rho, gamma, beta)))
         x = x.contiguous()
-        C = x.shape[1]
         rows, HW = _rows(x)
         mu_I, var_I, mu_L, var_L, d_I, d_L = _statistics(x, unbiased)
-        scale, shift = _coefficients(mu_I, var_I, mu_L, var_L, *_params(rho, gamma, beta, C), eps)
+        scale, shift = _coefficients(mu_I, var_I, mu_L, var_L, *_params(rho, gamma, beta), eps)
         y = torch.empty_like(x, dtype=dtype)  # the reference's type promotion: fp16 x with fp32 γ gives fp32
         grid = (rows * triton.cdiv(HW, BLOCK),)
         _row_affine[grid](x, mu_I, scale.contiguous(), shift.contiguous(), y, HW, BLOCK=BLOCK)
@@ -235,7 +242,7 @@ class AdaLINFunction(torch.autograd.Function):
         s1, sc = s1.view(N, C), sc.view(N, C)
         # The per-(n, c) part of the graph, differentiated by autograd: upstream Σ dy·(x − μ_I) for scale, Σ dy for
         # shift. μ_L, σ²_L are leaves here: their dependence on x enters through dx's formula below.
-        leaves = [t.detach().requires_grad_() for t in (mu_I, var_I, mu_L, var_L, *_params(rho, gamma, beta, C))]
+        leaves = [t.detach().requires_grad_() for t in (mu_I, var_I, mu_L, var_L, *_params(rho, gamma, beta))]
         with torch.enable_grad():
             scale, shift = _coefficients(*leaves, ctx.eps)
             g_muI, g_varI, g_muL, g_varL, g_rho, g_gamma, g_beta = torch.autograd.grad(
@@ -248,12 +255,12 @@ class AdaLINFunction(torch.autograd.Function):
         dx = torch.empty_like(x)
         _row_dx[(rows * triton.cdiv(HW, BLOCK),)](x, dy, mu_I, scale.contiguous(), b.contiguous(), a.contiguous(),
                                                 dx, HW, BLOCK=BLOCK)
-        return (dx, g_rho.view(rho.shape).to(rho.dtype), g_gamma.view(gamma.shape).to(gamma.dtype),
-                g_beta.view(beta.shape).to(beta.dtype), None, None)
+        return dx, _to_shape(g_rho, rho), _to_shape(g_gamma, gamma), _to_shape(g_beta, beta), None, None
 
 
 def adalin(x, rho, gamma, beta, eps=1e-5, unbiased=True):
-    """Eq. (1). x: N×C×H×W; rho: 1×C×1×1; gamma, beta: N×C (AdaLIN) or C / 1×C×1×1 (LIN)."""
+    """Eq. (1). x: N×C×H×W; rho: C values (1×C×1×1 or C) or one; gamma, beta: N×C (AdaLIN), or C values or one
+    (LIN)."""
     if backend(x) == "triton":
         return AdaLINFunction.apply(x, rho, gamma, beta, eps, unbiased)
     return adalin_reference(x, rho, gamma, beta, eps, unbiased)

@@ -264,3 +264,24 @@ def test_triton_moments_are_exact_for_an_outlier_on_a_large_offset():
     y = AdaLINFunction.apply(*(t.to(DEVICE) for t in (x, rho, gamma, beta)), 1e-5, True)
     ref = adalin_eq1(*(t.double() for t in (x, rho, gamma, beta)))
     assert (y.double().cpu() - ref).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("rho_shape, affine_shape", [((1, 4, 1, 1), ()), ((4,), (4,)), ((), (1, 4, 1, 1))])
+def test_both_paths_take_one_rho_or_one_per_channel_in_any_shape(impl, rho_shape, affine_shape):
+    """ρ, γ, β of one value for all channels, or C values as C or 1×C×1×1: Eq. (1) with each broadcast over the
+    channels, in float64, values and gradients in the parameters' own shapes."""
+    x = torch.randn(2, 4, 5, 6, requires_grad=True)
+    rho = torch.rand(rho_shape, requires_grad=True)
+    gamma, beta = (torch.randn(affine_shape, requires_grad=True) for _ in range(2))
+    args = (x, rho, gamma, beta)
+    f = adalin_reference if impl == "reference" else lambda *a: AdaLINFunction.apply(*a, 1e-5, True)
+    y = f(*args)
+    per_channel = lambda p: p.double().reshape(1, -1, 1, 1).expand(1, 4, 1, 1)  # noqa: E731
+    ref_args = [x.detach().double().requires_grad_()] + [p.detach().double().requires_grad_() for p in args[1:]]
+    ref = adalin_eq1(ref_args[0], *(per_channel(p) for p in ref_args[1:]))
+    torch.testing.assert_close(y.double(), ref, rtol=0, atol=1e-4)
+    dy = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, args, dy), torch.autograd.grad(ref, ref_args, dy.double())):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3)
