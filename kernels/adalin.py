@@ -16,18 +16,21 @@ which a single-colour image compounds over the generator's stacked norms into in
 common.blocks.InstanceNorm2d, which does the same for plain IN). Maps that vary are normalised as Eq. (1) says.
 
 `adalin_eq1` is Eq. (1) as printed; `adalin_reference` computes the same as one affine map per (n, c), and is what
-runs on CPU. The Triton path reads x twice in the forward and
-twice (with dy) in the backward:
-    forward   1. per (n, c) row: the mean and Σ(x − mean)² in fp32, block by block: each block's own, from its
-                 values' deviations from the block's first value and then from the block's mean, merged into the
-                 row's (Chan et al.'s pairwise combination). As exact as fp32 allows for data far from 0
-                 (x ≈ 1000 ± 0.01) and for an outlier anywhere; layer statistics follow from these N×C numbers (the same combination), so
-                 x is not read again for them;
-              2. elementwise: y = (x − μ_I) · scale + shift, one (scale, shift) per (n, c).
-    backward  1. per row: Σ dy and Σ dy · (x − μ_I);
-              2. elementwise: dx = dy · scale + b · (x − μ_I) + a.
-The per-(n, c) coefficients (scale, shift, a, b) and the gradients for ρ, γ, β are small N×C tensors computed with
-PyTorch (autograd over `_coefficients`), so the kernels stay four short loops and the math stays in one place.
+runs on CPU. The Triton path is three launches each way, with nothing between them but allocations:
+    forward   1. per chunk of 2048 values of an (n, c) row: the mean and Σ(x − mean)² in fp32, block by block: each
+                 block's own, from its values' deviations from the block's first value and then from the block's
+                 mean, merged into the chunk's (Chan et al.'s pairwise combination). Long rows are so split over many
+                 programs, and the moments are as exact as fp32 allows for data far from 0 (x ≈ 1000 ± 0.01) and
+                 for an outlier anywhere;
+              2. one program per image: the chunks merged into each row's μ_I, σ²_I, the rows into the layer's μ_L,
+                 σ²_L (the same combination, so x is not read again), and Eq. (1) as one (scale, shift) per row;
+              3. elementwise: y = (x − μ_I) · scale + shift.
+    backward  1. per chunk of a row: Σ dy and Σ dy · (x − μ_I);
+              2. one program: per row, the gradients of scale and shift's inputs (ρ, γ, β, μ_I, σ²_I, and through
+                 the layer sums μ_L, σ²_L), written out by hand from the formulas in _coefficients; ρ's gradient (and
+                 LIN's γ, β) summed over the images there too;
+              3. elementwise: dx = dy · scale + b · (x − μ_I) + a, one (scale, b, a) per row.
+The tests hold every output and gradient to the float64 reference, and count the launches.
 """
 import functools
 
@@ -77,7 +80,7 @@ def _layer_from_instance(mu_I, m2_I, HW):
 def _inv_std(var, eps):
     """1 / sqrt(σ² + ε), and 0 where σ² is exactly 0: a constant map's â is 0 with no gradient (module docstring).
     Our variances come out exactly 0 for constant rows: torch.var_mean updates Welford's sums, and the Triton path
-    merges blocks' deviations from their own values (_row_moments)."""
+    merges blocks' deviations from their own values (_chunk_moments)."""
     return torch.where(var > 0, torch.rsqrt(var + eps), 0)
 
 
@@ -100,31 +103,24 @@ def adalin_reference(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     return x * scale + shift
 
 
-def _coefficients(mu_I, var_I, mu_L, var_L, rho, gamma, beta, eps):
-    """Eq. (1) as y = (x − μ_I) · scale + shift per (n, c): scale = γ(ρ/σ_I + (1 − ρ)/σ_L) and
-    shift = β + γ(1 − ρ)(μ_I − μ_L)/σ_L. Inputs N×C (or broadcastable), fp32."""
-    inv_I, inv_L = _inv_std(var_I, eps), _inv_std(var_L, eps)
-    scale = gamma * (rho * inv_I + (1 - rho) * inv_L)
-    shift = beta + gamma * (1 - rho) * (mu_I - mu_L) * inv_L
-    return scale, shift
-
-
 if triton is not None:
     @triton.jit
-    def _row_moments(X, MEAN, M2, HW, BLOCK: tl.constexpr):
-        """Per row of H×W values: the mean and Σ(x − mean)², in fp32 (module docstring). Means are kept about the
-        row's first value k, so the merges add numbers of the data's spread, not of its offset. A constant row
-        gives its value and exactly 0: every deviation and every merge's is 0."""
-        row = tl.program_id(0).to(tl.int64)
-        base = X + row * HW
+    def _chunk_moments(X, MEAN, M2, HW, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+        """Per chunk of a row (CHUNK values, the last one shorter): the mean and Σ(x − mean)², in fp32 (module
+        docstring). Means are kept about the chunk's first value k, so the merges add numbers of the data's spread,
+        not of its offset. A constant chunk gives its value and exactly 0: every deviation and every merge's is 0."""
+        chunks = tl.cdiv(HW, CHUNK)
+        pid = tl.program_id(0).to(tl.int64)
+        base = X + (pid // chunks) * HW + (pid % chunks) * CHUNK
+        size = tl.minimum(HW - (pid % chunks) * CHUNK, CHUNK)
         k = tl.load(base).to(tl.float32)
         count, mean, m2 = 0.0, 0.0, 0.0  # of the blocks so far; mean about k
-        for start in range(0, HW, BLOCK):
+        for start in range(0, size, BLOCK):
             offs = start + tl.arange(0, BLOCK)
-            inside = offs < HW
+            inside = offs < size
             first = tl.load(base + start).to(tl.float32)
             d = tl.where(inside, tl.load(base + offs, mask=inside, other=0.0).to(tl.float32) - first, 0.0)
-            n_b = tl.minimum(HW - start, BLOCK).to(tl.float32)
+            n_b = tl.minimum(size - start, BLOCK).to(tl.float32)
             shift = tl.sum(d, axis=0) / n_b
             e = tl.where(inside, d - shift, 0.0)
             delta = (first - k) + shift - mean
@@ -132,8 +128,86 @@ if triton is not None:
             mean += delta * (n_b / total)
             m2 += tl.sum(e * e, axis=0) + delta * delta * (count * n_b / total)
             count = total
-        tl.store(MEAN + row, k + mean)
-        tl.store(M2 + row, m2)
+        tl.store(MEAN + pid, k + mean)
+        tl.store(M2 + pid, m2)
+
+    @triton.jit
+    def _merged(MEAN, M2, rows, inside, HW, CHUNK: tl.constexpr):
+        """μ and Σ(x − μ)² of whole rows (a vector of them) from their chunks' (Chan et al.'s merge, about the first
+        chunk's mean)."""
+        chunks = tl.cdiv(HW, CHUNK)
+        k = tl.load(MEAN + rows * chunks, mask=inside, other=0.0)
+        count, mean, m2 = 0.0, tl.zeros_like(k), tl.zeros_like(k)
+        for j in range(0, chunks):
+            n_j = tl.minimum(HW - j * CHUNK, CHUNK).to(tl.float32)
+            delta = tl.load(MEAN + rows * chunks + j, mask=inside, other=0.0) - k - mean
+            total = count + n_j
+            mean += delta * (n_j / total)
+            m2 += tl.load(M2 + rows * chunks + j, mask=inside, other=0.0) + delta * delta * (count * n_j / total)
+            count = total
+        return k + mean, m2
+
+    @triton.jit
+    def _summed(S, rows, inside, chunks):
+        """A per-chunk sum added up over each row's chunks."""
+        acc = tl.zeros(rows.shape, dtype=tl.float32)
+        for j in range(0, chunks):
+            acc += tl.load(S + rows * chunks + j, mask=inside, other=0.0)
+        return acc
+
+    @triton.jit
+    def _inv_std_k(var, eps):
+        """_inv_std in a kernel: 1 / sqrt(σ² + ε), and 0 where σ² is exactly 0."""
+        return tl.where(var > 0, 1.0 / tl.sqrt(var + eps), 0.0)
+
+    @triton.jit
+    def _param(P, sn, sc, n, c, inside):
+        """ρ, γ or β at image n, channels c: strides sn, sc are 0 along what it is broadcast over (_params)."""
+        return tl.load(P + n * sn + c * sc, mask=inside, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _coefficients(MEAN, M2, RHO, rho_sn, rho_sc, GAMMA, gamma_sn, gamma_sc, BETA, beta_sn, beta_sc,
+                      MU_I, VAR_I, MU_L, VAR_L, SCALE, SHIFT, C, HW, d_I, d_L, eps,
+                      CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+        """One program per image n. Its rows' moments merged from their chunks; the layer's from those; then Eq. (1)
+        as y = (x − μ_I) · scale + shift per channel:
+            scale = γ (ρ / σ_I + (1 − ρ) / σ_L),   shift = β + γ (1 − ρ)(μ_I − μ_L) / σ_L."""
+        n = tl.program_id(0).to(tl.int64)
+        chunks = tl.cdiv(HW, CHUNK)
+        # Layer moments from the channels' (Chan's merge again, channel block by block, each channel HW values),
+        # about channel 0's first chunk mean k: a constant image gives its value and exactly 0.
+        k = tl.load(MEAN + n * C * chunks)
+        count, mean, m2 = 0.0, 0.0, 0.0  # channels so far; mean about k
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            inside = c < C
+            mu, m2_c = _merged(MEAN, M2, n * C + c, inside, HW, CHUNK)
+            n_b = tl.minimum(C - c0, BLOCK_C).to(tl.float32)
+            d = tl.where(inside, mu - k, 0.0)
+            shift = tl.sum(d, axis=0) / n_b
+            e = tl.where(inside, d - shift, 0.0)
+            delta = shift - mean
+            total = count + n_b
+            mean += delta * (n_b / total)
+            m2 += tl.sum(m2_c, axis=0) + HW * (tl.sum(e * e, axis=0) + delta * delta * (count * n_b / total))
+            count = total
+        mu_L, var_L = k + mean, m2 / d_L
+        inv_L = _inv_std_k(var_L, eps)
+        tl.store(MU_L + n, mu_L)
+        tl.store(VAR_L + n, var_L)
+        for c0 in range(0, C, BLOCK_C):  # the rows merged again (a few loads each) rather than re-read from MU_I
+            c = c0 + tl.arange(0, BLOCK_C)
+            inside = c < C
+            mu, m2_c = _merged(MEAN, M2, n * C + c, inside, HW, CHUNK)
+            var_I = m2_c / d_I
+            inv_I = _inv_std_k(var_I, eps)
+            rho = _param(RHO, rho_sn, rho_sc, n, c, inside)
+            gamma = _param(GAMMA, gamma_sn, gamma_sc, n, c, inside)
+            beta = _param(BETA, beta_sn, beta_sc, n, c, inside)
+            tl.store(MU_I + n * C + c, mu, mask=inside)
+            tl.store(VAR_I + n * C + c, var_I, mask=inside)
+            tl.store(SCALE + n * C + c, gamma * (rho * inv_I + (1 - rho) * inv_L), mask=inside)
+            tl.store(SHIFT + n * C + c, beta + gamma * (1 - rho) * (mu - mu_L) * inv_L, mask=inside)
 
     @triton.jit
     def _block(HW, BLOCK: tl.constexpr):
@@ -153,21 +227,102 @@ if triton is not None:
         tl.store(Y + row * HW + offs, y.to(Y.dtype.element_ty), mask=inside)
 
     @triton.jit
-    def _row_grad_sums(X, DY, MU, S1, SC, HW, BLOCK: tl.constexpr):
-        """Per row: Σ dy and Σ dy · (x − μ)."""
-        row = tl.program_id(0).to(tl.int64)
+    def _chunk_grad_sums(X, DY, MU, S1, SC, HW, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+        """Per chunk of a row: Σ dy and Σ dy · (x − μ_I)."""
+        chunks = tl.cdiv(HW, CHUNK)
+        pid = tl.program_id(0).to(tl.int64)
+        row, first = pid // chunks, (pid % chunks) * CHUNK
+        size = tl.minimum(HW - first, CHUNK)
         mu = tl.load(MU + row)
         acc1 = tl.zeros([BLOCK], dtype=tl.float32)
         accc = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, HW, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            inside = offs < HW
-            x = tl.load(X + row * HW + offs, mask=inside, other=0.0).to(tl.float32)
-            dy = tl.load(DY + row * HW + offs, mask=inside, other=0.0).to(tl.float32)
+        for start in range(0, size, BLOCK):
+            offs = row * HW + first + start + tl.arange(0, BLOCK)
+            inside = start + tl.arange(0, BLOCK) < size
+            x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
+            dy = tl.load(DY + offs, mask=inside, other=0.0).to(tl.float32)
             acc1 += dy
             accc += tl.where(inside, dy * (x - mu), 0.0)
-        tl.store(S1 + row, tl.sum(acc1, axis=0))
-        tl.store(SC + row, tl.sum(accc, axis=0))
+        tl.store(S1 + pid, tl.sum(acc1, axis=0))
+        tl.store(SC + pid, tl.sum(accc, axis=0))
+
+    @triton.jit
+    def _param_grad(G, sn, g, n, c, inside, C):
+        """g at image n, channels c, stored where the parameter has one value per image and channel; returned
+        masked, for the caller to sum over what the parameter is broadcast over."""
+        if sn != 0:
+            tl.store(G + n * C + c, g.to(G.dtype.element_ty), mask=inside)
+        return tl.where(inside, g, 0.0)
+
+    @triton.jit
+    def _param_grad_sums(G, sn, sc, over_n, total, c, inside):
+        """The sums over the images of one channel block (stored where the parameter has one value per channel),
+        added to the total over the channels (stored by the caller where it has one value)."""
+        if (sn == 0) & (sc != 0):
+            tl.store(G + c, over_n.to(G.dtype.element_ty), mask=inside)
+        return total + tl.sum(over_n, axis=0)
+
+    @triton.jit
+    def _grad_coefficients(S1, SC, MU_I, VAR_I, MU_L, VAR_L, RHO, rho_sn, rho_sc, GAMMA, gamma_sn, gamma_sc,
+                           G_RHO, G_GAMMA, G_BETA, beta_sn, beta_sc, SCALE, A, B, N, C, HW, d_I, d_L, eps,
+                           CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        """One program for all N×C coefficients (module docstring, backward 2): the layer sums need every channel
+        of an image, the gradients of ρ (and LIN's γ, β) every image of a channel."""
+        chunks = tl.cdiv(HW, CHUNK)
+        images = tl.arange(0, BLOCK_N)
+        g_var_L, g_mu_L = tl.zeros([BLOCK_N], dtype=tl.float32), tl.zeros([BLOCK_N], dtype=tl.float32)
+        for n in range(0, N):  # ∂/∂σ²_L and ∂/∂μ_L of each image: sums over its channels
+            mu_L, inv_L = tl.load(MU_L + n), _inv_std_k(tl.load(VAR_L + n), eps)
+            acc_var, acc_mu = tl.zeros([BLOCK_C], dtype=tl.float32), tl.zeros([BLOCK_C], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                c = c0 + tl.arange(0, BLOCK_C)
+                inside = c < C
+                s1, sc = _summed(S1, n * C + c, inside, chunks), _summed(SC, n * C + c, inside, chunks)
+                w = tl.where(inside, _param(GAMMA, gamma_sn, gamma_sc, n, c, inside) *
+                             (1 - _param(RHO, rho_sn, rho_sc, n, c, inside)), 0.0)
+                acc_var += w * (sc + s1 * (tl.load(MU_I + n * C + c, mask=inside, other=0.0) - mu_L))
+                acc_mu += w * s1
+            g_var_L = tl.where(images == n, -0.5 * inv_L * inv_L * inv_L * tl.sum(acc_var, axis=0), g_var_L)
+            g_mu_L = tl.where(images == n, -inv_L * tl.sum(acc_mu, axis=0), g_mu_L)
+        total_rho, total_gamma, total_beta = 0.0, 0.0, 0.0
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            inside = c < C
+            over_rho = tl.zeros([BLOCK_C], dtype=tl.float32)
+            over_gamma, over_beta = tl.zeros([BLOCK_C], dtype=tl.float32), tl.zeros([BLOCK_C], dtype=tl.float32)
+            for n in range(0, N):
+                rows = n * C + c
+                s1, sc = _summed(S1, rows, inside, chunks), _summed(SC, rows, inside, chunks)
+                dev = tl.load(MU_I + rows, mask=inside, other=0.0) - tl.load(MU_L + n)
+                inv_I = _inv_std_k(tl.load(VAR_I + rows, mask=inside, other=0.0), eps)
+                inv_L = _inv_std_k(tl.load(VAR_L + n), eps)
+                rho = _param(RHO, rho_sn, rho_sc, n, c, inside)
+                gamma = _param(GAMMA, gamma_sn, gamma_sc, n, c, inside)
+                scale = gamma * (rho * inv_I + (1 - rho) * inv_L)
+                # The gradients of the coefficients' inputs: upstream Σ dy·(x − μ_I) for scale, Σ dy for shift.
+                over_rho += _param_grad(G_RHO, rho_sn, gamma * (sc * (inv_I - inv_L) - s1 * dev * inv_L),
+                                        n, c, inside, C)
+                over_gamma += _param_grad(G_GAMMA, gamma_sn,
+                                          sc * (rho * inv_I + (1 - rho) * inv_L) + s1 * (1 - rho) * dev * inv_L,
+                                          n, c, inside, C)
+                over_beta += _param_grad(G_BETA, beta_sn, s1, n, c, inside, C)
+                g_var_I = -0.5 * inv_I * inv_I * inv_I * sc * gamma * rho
+                g_mu_I = s1 * gamma * (1 - rho) * inv_L - s1 * scale  # via shift, and the explicit μ_I of x − μ_I
+                g_var_Ln = tl.sum(tl.where(images == n, g_var_L, 0.0), axis=0)
+                g_mu_Ln = tl.sum(tl.where(images == n, g_mu_L, 0.0), axis=0)
+                # dμ/dx = 1/count, dσ²/dx = 2(x − μ)/d: dx = dy·scale + b·(x − μ_I) + a
+                tl.store(SCALE + rows, scale, mask=inside)
+                tl.store(B + rows, 2 * g_var_I / d_I + 2 * g_var_Ln / d_L, mask=inside)
+                tl.store(A + rows, 2 * g_var_Ln / d_L * dev + g_mu_I / HW + g_mu_Ln / (C * HW), mask=inside)
+            total_rho = _param_grad_sums(G_RHO, rho_sn, rho_sc, over_rho, total_rho, c, inside)
+            total_gamma = _param_grad_sums(G_GAMMA, gamma_sn, gamma_sc, over_gamma, total_gamma, c, inside)
+            total_beta = _param_grad_sums(G_BETA, beta_sn, beta_sc, over_beta, total_beta, c, inside)
+        if rho_sc == 0:
+            tl.store(G_RHO, total_rho.to(G_RHO.dtype.element_ty))
+        if gamma_sc == 0:
+            tl.store(G_GAMMA, total_gamma.to(G_GAMMA.dtype.element_ty))
+        if beta_sc == 0:
+            tl.store(G_BETA, total_beta.to(G_BETA.dtype.element_ty))
 
     @triton.jit
     def _row_dx(X, DY, MU, SCALE, B, A, DX, HW, BLOCK: tl.constexpr):
@@ -180,50 +335,53 @@ if triton is not None:
         tl.store(DX + row * HW + offs, dx.to(DX.dtype.element_ty), mask=inside)
 
 
-BLOCK = 1024
+BLOCK, CHUNK, BLOCK_C = 1024, 2048, 128  # elementwise blocks, values per reduction program, channels per loop
 
 
-def _rows(x):
-    N, C, H, W = x.shape
-    return N * C, H * W
-
-
-def _statistics(x, unbiased):
-    """μ_I, σ²_I (N×C) from one pass; μ_L, σ²_L (N×1) from them. All fp32."""
+def _per_image(x, p):
+    """Whether ρ, γ or β has one value per image and channel (AdaLIN's γ, β from the MLP): the shapes both paths
+    take are one value, C values in any shape, or N×C."""
     N, C = x.shape[:2]
-    rows, HW = _rows(x)
-    mu_I, m2_I = (torch.empty(rows, device=x.device, dtype=torch.float32) for _ in range(2))
-    _row_moments[(rows,)](x, mu_I, m2_I, HW, BLOCK=min(BLOCK, triton.next_power_of_2(HW)))
-    mu_I, m2_I = mu_I.view(N, C), m2_I.view(N, C)     # μ_I and Σ (x − μ_I)²
-    mu_L, m2_L = _layer_from_instance(mu_I, m2_I, HW)
-    d_I, d_L = _divisors(C, HW, unbiased)
-    return mu_I, m2_I / d_I, mu_L, m2_L / d_L, d_I, d_L
+    per_image = p.dim() == 2 and p.shape == (N, C) and N > 1
+    if p.numel() not in (1, C) and not per_image:
+        raise ValueError(f"adalin: a parameter of shape {tuple(p.shape)} for x of shape {tuple(x.shape)}; give it "
+                         f"one value, {C} (one per channel) or {N}×{C} (one per image and channel)")
+    return per_image
 
 
-def _params(rho, gamma, beta):
-    """ρ, γ, β as fp32 N×C, 1×C or 1×1 tensors, which broadcast against the N×C statistics as _affine's shapes
-    broadcast against x (AdaLIN's γ, β are N×C already)."""
-    flat = lambda p: (p if p.dim() == 2 else p.reshape(1, -1)).float()  # noqa: E731
-    return flat(rho), flat(gamma), flat(beta)
+def _params(x, *params):
+    """ρ, γ, β as contiguous tensors, each followed by its strides (image, channel) in N×C indexing: 0 along what
+    it is broadcast over."""
+    return [v for p in params for v in (p.contiguous(), x.shape[1] if _per_image(x, p) else 0, int(p.numel() > 1))]
 
 
-def _to_shape(grad, p):
-    """A parameter's gradient, which autograd summed over what _params broadcast, in the parameter's shape."""
-    return grad.reshape(p.shape).to(p.dtype)
+def _launch_sizes(x):
+    N, C, H, W = x.shape
+    HW = H * W
+    return N * C, HW, triton.cdiv(HW, CHUNK), min(BLOCK, triton.next_power_of_2(HW))
 
 
 class AdaLINFunction(torch.autograd.Function):
+    """Three launches each way (module docstring), and nothing else but allocations and views."""
+
     @staticmethod
     def forward(ctx, x, rho, gamma, beta, eps, unbiased):
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         dtype = functools.reduce(torch.promote_types, (t.dtype for t in (x, rho, gamma, beta)))
         x = x.contiguous()
-        rows, HW = _rows(x)
-        mu_I, var_I, mu_L, var_L, d_I, d_L = _statistics(x, unbiased)
-        scale, shift = _coefficients(mu_I, var_I, mu_L, var_L, *_params(rho, gamma, beta), eps)
+        N, C = x.shape[:2]
+        rows, HW, chunks, block = _launch_sizes(x)
+        d_I, d_L = _divisors(C, HW, unbiased)
+        f32 = dict(device=x.device, dtype=torch.float32)
+        mean, m2 = torch.empty(rows * chunks, **f32), torch.empty(rows * chunks, **f32)
+        mu_I, var_I, scale, shift = (torch.empty(rows, **f32) for _ in range(4))
+        mu_L, var_L = torch.empty(N, **f32), torch.empty(N, **f32)
+        params = _params(x, rho, gamma, beta)
+        _chunk_moments[(rows * chunks,)](x, mean, m2, HW, CHUNK=CHUNK, BLOCK=block)
+        _coefficients[(N,)](mean, m2, *params, mu_I, var_I, mu_L, var_L, scale, shift, C, HW, d_I, d_L, eps,
+                            CHUNK=CHUNK, BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)))
         y = torch.empty_like(x, dtype=dtype)  # the reference's type promotion: fp16 x with fp32 γ gives fp32
-        grid = (rows * triton.cdiv(HW, BLOCK),)
-        _row_affine[grid](x, mu_I, scale.contiguous(), shift.contiguous(), y, HW, BLOCK=BLOCK)
+        _row_affine[(rows * triton.cdiv(HW, BLOCK),)](x, mu_I, scale, shift, y, HW, BLOCK=BLOCK)
         ctx.save_for_backward(x, rho, gamma, beta, mu_I, var_I, mu_L, var_L)
         ctx.eps, ctx.d = eps, (d_I, d_L)
         # The kernels index NCHW; a channels-last input gets a channels-last output back, as from the reference.
@@ -235,32 +393,26 @@ class AdaLINFunction(torch.autograd.Function):
         x, rho, gamma, beta, mu_I, var_I, mu_L, var_L = ctx.saved_tensors
         dy = dy.contiguous()
         N, C = x.shape[:2]
-        rows, HW = _rows(x)
-        d_I, d_L = ctx.d
-        s1, sc = (torch.empty(rows, device=x.device, dtype=torch.float32) for _ in range(2))
-        _row_grad_sums[(rows,)](x, dy, mu_I, s1, sc, HW, BLOCK=min(BLOCK, triton.next_power_of_2(HW)))
-        s1, sc = s1.view(N, C), sc.view(N, C)
-        # The per-(n, c) part of the graph, differentiated by autograd: upstream Σ dy·(x − μ_I) for scale, Σ dy for
-        # shift. μ_L, σ²_L are leaves here: their dependence on x enters through dx's formula below.
-        leaves = [t.detach().requires_grad_() for t in (mu_I, var_I, mu_L, var_L, *_params(rho, gamma, beta))]
-        with torch.enable_grad():
-            scale, shift = _coefficients(*leaves, ctx.eps)
-            g_muI, g_varI, g_muL, g_varL, g_rho, g_gamma, g_beta = torch.autograd.grad(
-                (scale, shift), leaves, (sc, s1))
-        scale = scale.detach()
-        g_muI = g_muI - s1 * scale                     # the explicit μ_I of (x − μ_I) in y
-        # dμ/dx = 1/count, dσ²/dx = 2(x − μ)/d: dx = dy·scale + b·(x − μ_I) + a
-        b = 2 * g_varI / d_I + 2 * g_varL / d_L
-        a = 2 * g_varL / d_L * (mu_I - mu_L) + g_muI / HW + g_muL / (C * HW)
+        rows, HW, chunks, block = _launch_sizes(x)
+        f32 = dict(device=x.device, dtype=torch.float32)
+        s1, sc = torch.empty(rows * chunks, **f32), torch.empty(rows * chunks, **f32)
+        scale, a, b = (torch.empty(rows, **f32) for _ in range(3))
+        params = _params(x, rho, gamma, beta)  # ρ, its strides, γ, its strides, β, its strides
+        grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in (rho, gamma, beta)]
+        _chunk_grad_sums[(rows * chunks,)](x, dy, mu_I, s1, sc, HW, CHUNK=CHUNK, BLOCK=block)
+        _grad_coefficients[(1,)](s1, sc, mu_I, var_I, mu_L, var_L, *params[:6], *grads, *params[7:], scale, a, b,
+                                 N, C, HW, *ctx.d, ctx.eps, CHUNK=CHUNK,
+                                 BLOCK_N=triton.next_power_of_2(N), BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)))
         dx = torch.empty_like(x)
-        _row_dx[(rows * triton.cdiv(HW, BLOCK),)](x, dy, mu_I, scale.contiguous(), b.contiguous(), a.contiguous(),
-                                                dx, HW, BLOCK=BLOCK)
-        return dx, _to_shape(g_rho, rho), _to_shape(g_gamma, gamma), _to_shape(g_beta, beta), None, None
+        _row_dx[(rows * triton.cdiv(HW, BLOCK),)](x, dy, mu_I, scale, b, a, dx, HW, BLOCK=BLOCK)
+        return dx, *grads, None, None
 
 
 def adalin(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     """Eq. (1). x: N×C×H×W; rho: C values (1×C×1×1 or C) or one; gamma, beta: N×C (AdaLIN), or C values or one
     (LIN)."""
+    for p in (rho, gamma, beta):
+        _per_image(x, p)
     if backend(x) == "triton":
         return AdaLINFunction.apply(x, rho, gamma, beta, eps, unbiased)
     return adalin_reference(x, rho, gamma, beta, eps, unbiased)

@@ -7,7 +7,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import kernels.adalin
 import ugatit
 from conftest import ROOT
 from kernels import backend
@@ -118,7 +120,8 @@ def inputs(shape, adaptive, dtype=torch.float32, mean=0.0):
     return [t.to(dtype).requires_grad_() for t in (x, rho, gamma, beta)]
 
 
-KERNEL_SHAPES = [(1, 3, 1, 2), (2, 5, 7, 9), (3, 12, 33, 65), (2, 6, 40, 40)]  # 40×40 > one 1024 block
+# 40×40: two blocks of 1024 in a row; 50×90: three reduction chunks of 2048; 130 channels: two blocks of 128
+KERNEL_SHAPES = [(1, 3, 1, 2), (2, 5, 7, 9), (3, 12, 33, 65), (2, 6, 40, 40), (2, 3, 50, 90), (3, 130, 3, 5)]
 
 
 @pytest.mark.parametrize("shape", KERNEL_SHAPES)
@@ -285,3 +288,64 @@ def test_both_paths_take_one_rho_or_one_per_channel_in_any_shape(impl, rho_shape
     for a, b in zip(torch.autograd.grad(y, args, dy), torch.autograd.grad(ref, ref_args, dy.double())):
         assert a.shape == b.shape
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3)
+
+
+class Launches(TorchDispatchMode):
+    """Counts kernel launches and records the aten ops run outside them. Every kernel of kernels.adalin is wrapped,
+    so that what the interpreter runs inside a launch (copies to and from numpy) is not recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.launches, self.inside = [], 0, False
+
+    def wrap(self, kernel):
+        mode = self
+
+        class Counted:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    mode.launches, mode.inside = mode.launches + 1, True
+                    try:
+                        return kernel[grid](*args, **kwargs)
+                    finally:
+                        mode.inside = False
+                return launch
+        return Counted()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+# Allocations and dtype queries; anything else (a reduction, an elementwise op) would be a launch of its own on a GPU.
+NOT_LAUNCHES = {"empty", "empty_like", "promote_types"}
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_forward_and_backward_are_three_launches_each_and_nothing_else(monkeypatch, adaptive):
+    forward, backward = Launches(), Launches()
+    for name in ("_chunk_moments", "_coefficients", "_row_affine"):
+        monkeypatch.setattr(kernels.adalin, name, forward.wrap(getattr(kernels.adalin, name)))
+    for name in ("_chunk_grad_sums", "_grad_coefficients", "_row_dx"):
+        monkeypatch.setattr(kernels.adalin, name, backward.wrap(getattr(kernels.adalin, name)))
+    args = inputs((2, 5, 7, 9), adaptive)
+    dy = torch.randn(2, 5, 7, 9, device=DEVICE)
+    with forward:
+        y = AdaLINFunction.apply(*args, 1e-5, True)
+    with backward:
+        torch.autograd.grad(y, args, dy)
+    for mode in (forward, backward):
+        assert mode.launches == 3
+        assert set(mode.ops) <= NOT_LAUNCHES, mode.ops
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("shape", [(2, 1), (3,), (2, 4, 1)])
+def test_both_paths_refuse_other_parameter_shapes(monkeypatch, impl, shape):
+    """One value per image (N×1), or any count but 1, C and N×C: one clear error on either path, where the
+    reference alone used to broadcast some of them and the kernels read out of bounds."""
+    monkeypatch.setenv("ATTNGAN_KERNELS", impl)
+    x = torch.randn(2, 4, 5, 6, device=DEVICE)
+    with pytest.raises(ValueError, match=r"adalin: a parameter of shape .* one value, 4 .* or 2×4"):
+        adalin(x, torch.rand(4, device=DEVICE), torch.ones(shape, device=DEVICE), torch.zeros(4, device=DEVICE))

@@ -24,7 +24,8 @@ class Recorder:
 
 def test_every_launch_grid_is_one_dimensional(monkeypatch):
     grids = []
-    launched = {kernels.adalin: ("_row_moments", "_row_affine", "_row_grad_sums", "_row_dx"),
+    launched = {kernels.adalin: ("_chunk_moments", "_coefficients", "_row_affine", "_chunk_grad_sums",
+                                 "_grad_coefficients", "_row_dx"),
                 kernels.blend: ("_blend_fwd", "_blend_bwd", "_softmax_fwd", "_softmax_bwd"),
                 kernels.boxmask: ("_crop_fwd", "_crop_bwd")}
     for module, names in launched.items():
@@ -39,5 +40,5 @@ def test_every_launch_grid_is_one_dimensional(monkeypatch):
                kernels.boxmask.BoxCropFunction.apply(x, torch.zeros(2, 2, 2, device=DEVICE, requires_grad=True),
                                                      torch.full((2, 2, 2), 0.5, device=DEVICE), 20.0)]
     torch.autograd.grad(sum(o.sum() for o in outputs), x)
-    assert len(grids) == 10  # AdaLIN 2 + 2, each blend 1 + 1, the box crop 1 + 1
+    assert len(grids) == 12  # AdaLIN 3 + 3, each blend 1 + 1, the box crop 1 + 1
     assert all(len(g) == 1 for g in grids), grids
