@@ -13,6 +13,8 @@ import importlib.util
 import os
 import warnings
 
+import torch
+
 CHOICES = ("auto", "torch", "triton")
 
 
@@ -41,3 +43,21 @@ def backend(x):
     if choice == "triton" and not has_triton:
         raise RuntimeError("ATTNGAN_KERNELS=triton, but triton does not import (pip install triton, on Linux)")
     return choice
+
+
+def like_reference(out, reference, *inputs):
+    """The kernels write their output densely in NCHW order. The reference's elementwise result takes its layout
+    from its inputs' (channels-last in, channels-last out; mixed layouts by TensorIterator's rules), so where an
+    input is laid out otherwise the reference is run on the meta device, which computes shapes and strides
+    without data, and `out` is copied to that layout. Contiguous inputs, the usual case, cost nothing."""
+    if all(t.is_contiguous() for t in inputs):
+        return out
+    meta = reference(*(torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in inputs))
+    if meta.stride() == out.stride():
+        return out
+    return torch.empty_strided(out.shape, meta.stride(), dtype=out.dtype, device=out.device).copy_(out)
+
+
+def result_type(*tensors):
+    """The dtype PyTorch's arithmetic gives these tensors, which the kernels' outputs take too."""
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors))

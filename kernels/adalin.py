@@ -32,12 +32,10 @@ runs on CPU. The Triton path is three launches each way, with nothing between th
               3. elementwise: dx = dy · scale + b · (x − μ_I) + a, one (scale, b, a) per row.
 The tests hold every output and gradient to the float64 reference, and count the launches.
 """
-import functools
-
 import torch
 from torch.autograd.function import once_differentiable
 
-from kernels import backend
+from kernels import backend, like_reference, result_type
 
 try:
     import triton
@@ -366,8 +364,7 @@ class AdaLINFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, rho, gamma, beta, eps, unbiased):
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        dtype = functools.reduce(torch.promote_types, (t.dtype for t in (x, rho, gamma, beta)))
+        given = x, rho, gamma, beta
         x = x.contiguous()
         N, C = x.shape[:2]
         rows, HW, chunks, block = _launch_sizes(x)
@@ -380,12 +377,11 @@ class AdaLINFunction(torch.autograd.Function):
         _chunk_moments[(rows * chunks,)](x, mean, m2, HW, CHUNK=CHUNK, BLOCK=block)
         _coefficients[(N,)](mean, m2, *params, mu_I, var_I, mu_L, var_L, scale, shift, C, HW, d_I, d_L, eps,
                             CHUNK=CHUNK, BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)))
-        y = torch.empty_like(x, dtype=dtype)  # the reference's type promotion: fp16 x with fp32 γ gives fp32
+        y = torch.empty_like(x, dtype=result_type(*given))  # the reference's type promotion: fp16 x with fp32 γ gives fp32
         _row_affine[(rows * triton.cdiv(HW, BLOCK),)](x, mu_I, scale, shift, y, HW, BLOCK=BLOCK)
         ctx.save_for_backward(x, rho, gamma, beta, mu_I, var_I, mu_L, var_L)
         ctx.eps, ctx.d = eps, (d_I, d_L)
-        # The kernels index NCHW; a channels-last input gets a channels-last output back, as from the reference.
-        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+        return like_reference(y, lambda *t: adalin_reference(*t, eps, unbiased), *given)
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises

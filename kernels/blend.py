@@ -17,7 +17,7 @@ backward recomputes p from the logits and the saved per-pixel log-sum-exp:
 import torch
 from torch.autograd.function import once_differentiable
 
-from kernels import backend
+from kernels import backend, like_reference, result_type
 
 try:
     import triton
@@ -60,7 +60,8 @@ if triton is not None:
             offs = n * C * HW + img
             x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
             c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
-            tl.store(OUT + offs, (x + a * (c - x)).to(OUT.dtype.element_ty), mask=inside)
+            # As Eq. (1) reads, not x + a(c − x): a = 1 gives c exactly and a = 0 gives x exactly
+            tl.store(OUT + offs, (a * c + (1 - a) * x).to(OUT.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _blend_bwd(X, Cn, A, G, DX, DC, DA, C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
@@ -139,12 +140,13 @@ def _grid(x):
 class BlendFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, content, attention):
+        given = x, content, attention
         x, content, attention = x.contiguous(), content.contiguous(), attention.contiguous()
-        out = torch.empty_like(x)
+        out = torch.empty_like(x, dtype=result_type(*given))  # the reference's type: fp16 x, fp32 a give fp32
         grid, C, HW, BLOCK_C = _grid(x)
         _blend_fwd[grid](x, content, attention, out, C, HW, BLOCK_C=BLOCK_C, BLOCK=BLOCK)
         ctx.save_for_backward(x, content, attention)
-        return out
+        return like_reference(out, blend_reference, *given)
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises
@@ -159,13 +161,14 @@ class BlendFunction(torch.autograd.Function):
 class BlendSoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, content, logits):
+        given = x, content, logits
         x, content, logits = x.contiguous(), content.contiguous(), logits.contiguous()
-        out = torch.empty_like(x)
+        out = torch.empty_like(x, dtype=result_type(*given))
         lse = torch.empty(x.shape[0], *x.shape[2:], device=x.device, dtype=torch.float32)
         grid, C, HW, BLOCK_C = _grid(x)
         _softmax_fwd[grid](x, content, logits, out, lse, C, HW, logits.shape[1], BLOCK_C=BLOCK_C, BLOCK=BLOCK)
         ctx.save_for_backward(x, content, logits, out, lse)
-        return out
+        return like_reference(out, blend_softmax_reference, *given)
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises

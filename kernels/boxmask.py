@@ -13,12 +13,13 @@ one k means the same soft edge at every resolution: the edge rises from 12% to 8
 `box_masks` and `box_crop_reference` are the readable math and the CPU path. The Triton kernels compute M in
 registers from the four numbers of a box, so neither the masks nor their derivatives are stored: the forward
 reads X once per box and writes R; the backward reads X and dR once, writes dX = Σ_i dR_i ∘ M_i, and leaves per
-(image, box, pixel block) partial sums of the box gradients, which the host adds up (no atomics).
+(image, box, pixel block, block of 16 channels) partial sums of the box gradients, which the host adds up (no
+atomics). Channels are taken 16 at a time, so a wide input does not spill registers.
 """
 import torch
 from torch.autograd.function import once_differentiable
 
-from kernels import backend
+from kernels import backend, like_reference, result_type
 
 try:
     import triton
@@ -78,57 +79,69 @@ if triton is not None:
         pid = tl.program_id(0).to(tl.int64)
         nb = pid // blocks                           # image n = nb // B, box nb % B
         pix = (pid % blocks) * BLOCK + tl.arange(0, BLOCK)
-        ch = tl.arange(0, BLOCK_C)
-        inside = (ch[:, None] < C) & (pix[None, :] < HW)
         m_x, m_y, _, _, _, _ = _box(BOX, nb, H, W, pix, k)
-        img = ch[:, None] * HW + pix[None, :]
-        x = tl.load(X + (nb // B) * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-        tl.store(R + nb * C * HW + img, (x * (m_x * m_y)[None, :]).to(R.dtype.element_ty), mask=inside)
+        for c0 in range(0, C, BLOCK_C):
+            ch = c0 + tl.arange(0, BLOCK_C)
+            inside = (ch[:, None] < C) & (pix[None, :] < HW)
+            img = ch[:, None] * HW + pix[None, :]
+            x = tl.load(X + (nb // B) * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+            tl.store(R + nb * C * HW + img, (x * (m_x * m_y)[None, :]).to(R.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _crop_bwd(X, BOX, DR, DX, PART, B, C, H, W, k, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+        """One program per (image, pixel block), channels BLOCK_C at a time: dX of those channels summed over the
+        boxes, and each box's gradient sums over those pixels and channels, stored per channel block (the box
+        gradients are linear in Σ_channels dR · X), for the host to add up."""
         HW = H * W
         blocks = tl.cdiv(HW, BLOCK)  # 1-D grid, images × blocks, as in _crop_fwd
         pid = tl.program_id(0).to(tl.int64)
         n, blk = pid // blocks, pid % blocks
         pix = blk * BLOCK + tl.arange(0, BLOCK)
-        ch = tl.arange(0, BLOCK_C)
         in_pix = pix < HW
-        inside = (ch[:, None] < C) & in_pix[None, :]
-        img = ch[:, None] * HW + pix[None, :]
-        x = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-        dx = tl.zeros([BLOCK_C, BLOCK], dtype=tl.float32)
-        for b in range(B):
-            nb = n * B + b
-            m_x, m_y, dx_lo, dx_hi, dy_lo, dy_hi = _box(BOX, nb, H, W, pix, k)
-            dr = tl.load(DR + nb * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-            dx += dr * (m_x * m_y)[None, :]
-            g = tl.where(in_pix, tl.sum(dr * x, axis=0), 0.0)       # dL/dM_b at each pixel
-            gx, gy = g * m_y, g * m_x                                 # dL/dm_x, dL/dm_y
-            part = PART + (nb * blocks + blk) * 4
-            tl.store(part + 0, tl.sum(gx * (dx_lo + dx_hi), axis=0))   # by x_i: both edges move
-            tl.store(part + 1, tl.sum(gy * (dy_lo + dy_hi), axis=0))   # by y_i
-            tl.store(part + 2, tl.sum(gx * (dx_hi - dx_lo), axis=0))   # by w_i: left = x_i − w_i, right = x_i + w_i
-            tl.store(part + 3, tl.sum(gy * (dy_hi - dy_lo), axis=0))   # by h_i
-        tl.store(DX + n * C * HW + img, dx.to(DX.dtype.element_ty), mask=inside)
+        steps = tl.cdiv(C, BLOCK_C)
+        for c0 in range(0, C, BLOCK_C):
+            ch = c0 + tl.arange(0, BLOCK_C)
+            inside = (ch[:, None] < C) & in_pix[None, :]
+            img = ch[:, None] * HW + pix[None, :]
+            x = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+            dx = tl.zeros([BLOCK_C, BLOCK], dtype=tl.float32)
+            for b in range(B):
+                nb = n * B + b
+                m_x, m_y, dx_lo, dx_hi, dy_lo, dy_hi = _box(BOX, nb, H, W, pix, k)
+                dr = tl.load(DR + nb * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+                dx += dr * (m_x * m_y)[None, :]
+                g = tl.where(in_pix, tl.sum(dr * x, axis=0), 0.0)       # dL/dM_b at each pixel, these channels
+                gx, gy = g * m_y, g * m_x                                 # dL/dm_x, dL/dm_y
+                part = PART + ((nb * blocks + blk) * steps + c0 // BLOCK_C) * 4
+                tl.store(part + 0, tl.sum(gx * (dx_lo + dx_hi), axis=0))   # by x_i: both edges move
+                tl.store(part + 1, tl.sum(gy * (dy_lo + dy_hi), axis=0))   # by y_i
+                tl.store(part + 2, tl.sum(gx * (dx_hi - dx_lo), axis=0))   # by w_i: left = x_i − w_i, right = x_i + w_i
+                tl.store(part + 3, tl.sum(gy * (dy_hi - dy_lo), axis=0))   # by h_i
+            tl.store(DX + n * C * HW + img, dx.to(DX.dtype.element_ty), mask=inside)
 
 
 BLOCK = 256
+MAX_BLOCK_C = 16  # channels per step of a program's loop, as in kernels/blend.py
+
+
+def _block_c(C):
+    return min(triton.next_power_of_2(C), MAX_BLOCK_C)
 
 
 class BoxCropFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, X, centres, halves, k):
+        given = X, centres, halves
         X = X.contiguous()
         N, C, H, W = X.shape
         B = centres.shape[1]
         boxes = torch.cat([centres, halves], -1).float().contiguous()    # N×B×4: x, y, w, h
-        R = torch.empty(N, B, C, H, W, device=X.device, dtype=X.dtype)
+        R = torch.empty(N, B, C, H, W, device=X.device, dtype=result_type(*given))  # the reference's type
         grid = (N * B * triton.cdiv(H * W, BLOCK),)
-        _crop_fwd[grid](X, boxes, R, B, C, H, W, float(k), BLOCK_C=triton.next_power_of_2(C), BLOCK=BLOCK)
+        _crop_fwd[grid](X, boxes, R, B, C, H, W, float(k), BLOCK_C=_block_c(C), BLOCK=BLOCK)
         ctx.save_for_backward(X, boxes)
         ctx.k, ctx.dtypes = k, (centres.dtype, halves.dtype)
-        return R
+        return like_reference(R, lambda *t: box_crop_reference(*t, k), *given)
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises
@@ -136,12 +149,12 @@ class BoxCropFunction(torch.autograd.Function):
         X, boxes = ctx.saved_tensors
         N, C, H, W = X.shape
         B = boxes.shape[1]
-        blocks = triton.cdiv(H * W, BLOCK)
+        blocks, BLOCK_C = triton.cdiv(H * W, BLOCK), _block_c(C)
         dX = torch.empty_like(X)
-        partial = torch.empty(N, B, blocks, 4, device=X.device, dtype=torch.float32)
+        partial = torch.empty(N, B, blocks, triton.cdiv(C, BLOCK_C), 4, device=X.device, dtype=torch.float32)
         _crop_bwd[(N * blocks,)](X, boxes, dR.contiguous(), dX, partial, B, C, H, W, float(ctx.k),
-                               BLOCK_C=triton.next_power_of_2(C), BLOCK=BLOCK)
-        g = partial.sum(2)                                               # N×B×4
+                               BLOCK_C=BLOCK_C, BLOCK=BLOCK)
+        g = partial.sum((2, 3))                                          # N×B×4
         return dX, g[..., :2].to(ctx.dtypes[0]), g[..., 2:].to(ctx.dtypes[1]), None
 
 

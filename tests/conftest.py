@@ -38,3 +38,16 @@ sys.path.insert(0, str(ROOT))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def strided(t):
+    """t's values in a tensor that is not contiguous: every other element of one twice as wide, which the kernels,
+    indexing dense NCHW, would read wrongly without their .contiguous() calls. Requires grad if t does."""
+    wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], device=t.device, dtype=t.dtype)
+    wide[..., ::2] = t.detach()
+    return wide[..., ::2].requires_grad_(t.requires_grad)
+
+
+def layouts_agree(out, ref):
+    """The kernels' output has the reference's type, shape and strides."""
+    return out.dtype == ref.dtype and out.shape == ref.shape and out.stride() == ref.stride()

@@ -3,6 +3,7 @@ on CPU, see conftest.py)."""
 import pytest
 import torch
 
+from conftest import layouts_agree, strided
 from kernels.blend import (BlendFunction, BlendSoftmaxFunction, blend, blend_reference, blend_softmax,
                            blend_softmax_reference)
 
@@ -119,3 +120,76 @@ def test_a_wide_input_takes_its_channels_sixteen_at_a_time():
     """An uncapped power-of-two channel tile (256 × 256 values per tensor at C = 256) would spill registers."""
     from kernels.blend import _grid
     assert [_grid(torch.empty(1, C, 4, 4))[3] for C in (1, 3, 16, 17, 256)] == [1, 4, 16, 16, 16]
+
+
+def blends(shape, n=None):
+    """x, content, attention (or logits for n masks) for a blend of N×C×H×W images."""
+    N, C, H, W = shape
+    if n is None:
+        return [leaf(*shape), leaf(*shape), torch.rand(N, 1, H, W, device=DEVICE).requires_grad_()]
+    return [leaf(*shape), leaf(N, n - 1, C, H, W), leaf(N, n, H, W, scale=3.0)]
+
+
+FUNCTIONS = {None: (BlendFunction.apply, blend_reference), 3: (BlendSoftmaxFunction.apply, blend_softmax_reference)}
+
+
+@pytest.mark.parametrize("n", [None, 3])
+def test_non_contiguous_inputs_and_upstream_gradient(n):
+    fn, ref = FUNCTIONS[n]
+    args = [strided(t) for t in blends((2, 3, 7, 9), n)]
+    assert not any(t.is_contiguous() for t in args)
+    out = fn(*args)
+    ref_args = [t.detach().double().contiguous().requires_grad_() for t in args]
+    expected = ref(*ref_args)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    g = strided(torch.randn_like(out))
+    for a, b in zip(torch.autograd.grad(out, args, g), torch.autograd.grad(expected, ref_args, g.double())):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_of_exactly_zero_and_one_picks_the_input_and_the_content():
+    x, c, _ = blends((2, 3, 7, 9))
+    a = torch.randint(0, 2, (2, 1, 7, 9), device=DEVICE).float().requires_grad_()
+    out = BlendFunction.apply(x, c, a)
+    one = (a == 1).expand_as(x)
+    assert torch.equal(out[one], c[one]) and torch.equal(out[~one], x[~one])
+    g = torch.randn_like(out)
+    dx, dc, da = torch.autograd.grad(out, (x, c, a), g)
+    assert torch.equal(dc[one], g[one]) and torch.equal(dc[~one], torch.zeros_like(dc[~one]))
+    assert torch.equal(dx[~one], g[~one]) and torch.equal(dx[one], torch.zeros_like(dx[one]))
+    torch.testing.assert_close(da, (g * (c - x)).sum(1, keepdim=True), rtol=1e-5, atol=1e-5)  # d/da of a·c + (1−a)·x
+
+
+def test_one_mask_is_the_input_itself():
+    """n = 1: the softmax of a single logit is 1, so Eq. (2) is x, with no gradient for the logit."""
+    x, c, logits = blends((2, 3, 7, 9), n=1)
+    out = BlendSoftmaxFunction.apply(x, c, logits)
+    assert torch.equal(out, x)
+    g = torch.randn_like(out)
+    dx, dc, dl = torch.autograd.grad(out, (x, c, logits), g)
+    assert torch.equal(dx, g) and dc.numel() == 0 and torch.equal(dl, torch.zeros_like(dl))
+
+
+CASES = ["fp16 x", "fp16 attention", "channels-last x", "channels-last content", "all channels-last"]
+
+
+def case_inputs(case, n):
+    args = [t.detach() for t in blends((2, 3, 7, 9), n)]
+    i = {"x": 0, "attention": 2, "content": 1}
+    if case.startswith("fp16"):
+        args[i[case.split()[1]]] = args[i[case.split()[1]]].half()
+    else:
+        which = range(3) if case.startswith("all") else [i[case.split()[1]]]
+        args = [t.contiguous(memory_format=torch.channels_last) if j in which and t.dim() == 4 else t
+                for j, t in enumerate(args)]
+    return args
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("n", [None, 3])
+def test_the_kernels_return_the_references_dtype_and_layout(case, n):
+    fn, ref = FUNCTIONS[n]
+    args = case_inputs(case, n)
+    out, expected = fn(*args), ref(*args)
+    assert layouts_agree(out, expected), (out.dtype, out.stride(), expected.dtype, expected.stride())
+    torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)

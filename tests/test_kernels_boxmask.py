@@ -3,6 +3,7 @@ gradients for the image, the centres and the half-sizes (under TRITON_INTERPRET=
 import pytest
 import torch
 
+from conftest import layouts_agree, strided
 from kernels.boxmask import BoxCropFunction, box_crop, box_crop_reference, box_masks
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -71,10 +72,10 @@ def test_runs_are_bitwise_equal_and_dispatch(monkeypatch):
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
 def test_half_precision(dtype, tol):
     X = torch.randn(2, 3, 33, 65, device=DEVICE)
-    c, h = boxes(2, 4)
+    c, h = (t.detach().to(dtype) for t in boxes(2, 4))
     R = BoxCropFunction.apply(X.to(dtype), c, h, 30.0)
     assert R.dtype == dtype
-    torch.testing.assert_close(R.float(), box_crop_reference(X, c, h, 30.0), rtol=tol, atol=tol)
+    torch.testing.assert_close(R.float(), box_crop_reference(X, c.float(), h.float(), 30.0), rtol=tol, atol=tol)
 
 
 def test_a_tensor_k_keeps_its_gradient(monkeypatch):
@@ -96,3 +97,50 @@ def test_a_second_backward_through_the_kernels_raises():
     dX, = torch.autograd.grad(BoxCropFunction.apply(X, c, h, 20.0).square().sum(), X, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         dX.sum().backward()
+
+
+def check(X, centres, halves, k, g=None, rtol=1e-5):
+    """The kernel's crop and its three gradients against the reference in float64."""
+    R = BoxCropFunction.apply(X, centres, halves, k)
+    ref_args = [t.detach().double().contiguous().requires_grad_() for t in (X, centres, halves)]
+    expected = box_crop_reference(*ref_args, k)
+    torch.testing.assert_close(R.double(), expected, rtol=rtol, atol=1e-5)
+    g = torch.randn_like(R) if g is None else g(R)
+    for a, b in zip(torch.autograd.grad(R, (X, centres, halves), g), torch.autograd.grad(expected, ref_args, g.double())):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("k", [1e-3, 1.0, 1e3, 1e6])
+def test_crop_matches_reference_from_nearly_flat_to_hard_edges(k):
+    """k from 1e-3 (masks barely above 0 and flat: σ differences of numbers near 1/2) to 1e6 (edges 1e-4 pixels
+    wide: every σ saturated, clamped without overflow)."""
+    check(torch.randn(2, 3, 7, 9, device=DEVICE).requires_grad_(), *boxes(2, 3, outside=True), k)
+
+
+@pytest.mark.parametrize("C", [1, 40])
+def test_one_channel_and_more_channels_than_one_step_of_sixteen(C):
+    check(torch.randn(2, C, 7, 9, device=DEVICE).requires_grad_(), *boxes(2, 3), 20.0)
+
+
+def test_non_contiguous_inputs_and_upstream_gradient():
+    X = strided(torch.randn(2, 3, 7, 9, device=DEVICE).requires_grad_())
+    centres, halves = (strided(t) for t in boxes(2, 3))
+    assert not any(t.is_contiguous() for t in (X, centres, halves))
+    check(X, centres, halves, 20.0, g=lambda R: strided(torch.randn_like(R)))
+
+
+@pytest.mark.parametrize("case", ["fp16 X", "fp16 boxes", "channels-last X"])
+def test_the_kernel_returns_the_references_dtype_and_layout(case):
+    X = torch.randn(2, 3, 7, 9, device=DEVICE)
+    c, h = (t.detach() for t in boxes(2, 3))
+    if case == "fp16 X":
+        X = X.half()
+    elif case == "fp16 boxes":
+        c, h = c.half(), h.half()
+    else:
+        X = X.contiguous(memory_format=torch.channels_last)
+    R, expected = BoxCropFunction.apply(X, c, h, 20.0), box_crop_reference(X, c, h, 20.0)
+    assert layouts_agree(R, expected), (R.dtype, R.stride(), expected.dtype, expected.stride())
+    # Values against fp32 math on the same (rounded) inputs: the reference itself works in fp16 for fp16 boxes.
+    torch.testing.assert_close(R, box_crop_reference(X.float(), c.float(), h.float(), 20.0), rtol=1e-5, atol=1e-5)
