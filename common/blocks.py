@@ -212,12 +212,15 @@ def lsgan_d(D, real, fake):
 class ImagePool:
     """CycleGAN's history of generated images (after Shrivastava et al. 2017): D is shown, for each new fake, with
     probability ½ a stored older one (which the new one replaces), so it does not forget what G used to make.
-    The draws use torch's global RNG, which checkpoints save; the pool itself is saved through `state_dict`."""
+    The draws use torch's global RNG, which checkpoints save; the pool itself is saved through `state_dict`.
+    Size 0 is no history (as in CycleGAN's code): D sees the new fakes, and no draws are made."""
 
     def __init__(self, size=50):
         self.size, self.images = size, []
 
     def query(self, images):
+        if self.size == 0:
+            return images.detach()
         out = []
         for image in images.detach():
             if len(self.images) < self.size:

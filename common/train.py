@@ -167,7 +167,7 @@ def parse_args(parser, argv, preset):
 MAX_IMG_SIZE = 2048
 # Integer flags that must be at least 1 (every number flag must be finite and 0 or more, --lr above 0).
 COUNTS = ("iteration", "epochs", "batch_size", "print_freq", "save_freq", "log_freq", "ch", "ngf", "ndf", "n_res",
-          "n_dis", "n_masks", "n_boxes", "pool_size")
+          "n_dis", "n_masks", "n_boxes")
 
 
 def choose_device(name):

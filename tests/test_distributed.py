@@ -12,14 +12,17 @@ import torch.multiprocessing as mp
 
 from common import distributed
 from conftest import ROOT
+from test_attentiongan import TINY as TINY_ATTENTIONGAN
 from test_cli import TINY, run
+from test_guidegan import TINY as TINY_GUIDEGAN
+from test_uait import TINY as TINY_UAIT
 
 ARGS = [*TINY, "--iteration", "3", "--save_freq", "3", "--print_freq", "3"]
 
 
-def torchrun(work, *args):
+def torchrun(work, *args, script="ugatit.py"):
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(ROOT / "ugatit.py"), "--result_dir", str(work / "runs"), *args],
+                        str(ROOT / script), "--result_dir", str(work / "runs"), *args],
                        cwd=work, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     return p
@@ -47,6 +50,42 @@ def test_two_ranks_of_batch_1_train_as_one_process_of_batch_2(tmp_path):
     # A checkpoint of two ranks is a single process's: it resumes with one.
     p = run(tmp_path / "two", *[a if a != "3" else "4" for a in ARGS], "--resume")
     assert "resumed from" in p.stdout and "at iteration 3" in p.stdout
+
+
+# The other scripts, with what would make two ranks differ from one process turned off: the image pools (their
+# draws are per rank) and GuideGAN's dropout. DA-GAN is not here: its batch norm normalises each rank's own images.
+OTHERS = {"attentiongan.py": [*TINY_ATTENTIONGAN, "--pool_size", "0"],
+          "uait.py": [*TINY_UAIT, "--pool_size", "0", "--log_freq", "1"],
+          "guidegan.py": [*TINY_GUIDEGAN, "--dropout", "False", "--log_freq", "1"]}
+
+
+@pytest.mark.parametrize("script", OTHERS)
+def test_the_other_scripts_train_on_two_ranks_as_in_one_process(tmp_path, script):
+    """One step, two ranks of batch 1 against one process of batch 2: the same losses, and the same weights but for
+    Adam's sign on gradients of rounding noise. A bias just before an instance norm has no effect on anything, so
+    its gradient is rounding noise only, and Adam's first step (±lr whatever the gradient's size) follows the
+    noise's sign: those two runs may be 2·lr apart. So may a few weights of U-AIT's discriminator, whose deepest
+    maps are 2×2 at 32 px. Averaging nothing (each rank its own gradient) moves 20-35% of the weights apart."""
+    args = [*OTHERS[script], "--iteration", "1", "--save_freq", "1", "--print_freq", "1"]
+    for work in ("two", "one"):
+        (tmp_path / work).mkdir()
+    torchrun(tmp_path / "two", *args, script=script)
+    p = subprocess.run([sys.executable, str(ROOT / script), "--result_dir", str(tmp_path / "one/runs"), *args,
+                        "--batch_size", "2"], cwd=tmp_path / "one", capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    two, one = (json.loads(next((tmp_path / w / "runs").glob("*/*/log.jsonl")).read_text().splitlines()[0])
+                for w in ("two", "one"))
+    for k, v in one.items():
+        if k != "time":
+            assert two[k] == pytest.approx(v, rel=1e-5), k
+    (a, lr), (b, _) = ((lambda c: (c["nets"], c["args"]["lr"]))(torch.load(
+        next((tmp_path / w / "runs").glob("*/*/checkpoints/latest.pt")), weights_only=True)) for w in ("two", "one"))
+    for n in a:
+        gaps = {k: (v.float() - b[n][k].float()).abs() for k, v in a[n].items()}
+        assert max(g.max().item() for g in gaps.values()) <= 2 * lr * 1.01, n
+        weights = [g for k, g in gaps.items() if not k.endswith("bias")]
+        apart = sum((g > 1e-6).sum().item() for g in weights) / sum(g.numel() for g in weights)
+        assert apart < 1e-4, (n, apart)
 
 
 def test_each_step_is_split_among_the_ranks_as_one_process_takes_it():

@@ -247,8 +247,8 @@ def test_paper_defaults_and_bad_flags():
     assert blocks == 6  # Appendix A: 6 residual blocks below 256 px
     with pytest.raises(UsageError, match="--n_res 0"):
         model("--n_res", "0")
-    with pytest.raises(UsageError, match="--pool_size 0"):
-        model("--pool_size", "0")
+    with pytest.raises(UsageError, match="--pool_size -1"):
+        model("--pool_size", "-1")
 
 
 # --- The script ----------------------------------------------------------------------------------------------

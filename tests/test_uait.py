@@ -114,7 +114,7 @@ def test_paper_hyperparameters_are_the_defaults():
 
 @pytest.mark.parametrize("argv, message", [(["--tau", "0"], "--tau 0"), (["--tau", "1.5"], "--tau 1.5"),
                                            (["--switch_epoch", "101"], "--switch_epoch 101"),
-                                           (["--pool_size", "0"], "--pool_size 0")])
+                                           (["--pool_size", "-1"], "--pool_size -1")])
 def test_bad_flags_name_themselves(argv, message):
     with pytest.raises(UsageError, match=message):
         model(*argv)
@@ -291,6 +291,16 @@ def test_pools_hold_fake_and_map_and_survive_a_checkpoint(tmp_path):
         fresh = ImagePool(3)
         fresh.load_state_dict(state["pools"][name])
         assert len(fresh.images) == 3 and all(torch.equal(a, b) for a, b in zip(fresh.images, pool.images))
+
+
+def test_a_pool_of_size_0_passes_the_new_fakes_and_draws_nothing():
+    """CycleGAN's pool_size 0: no history. No random draws either, so that two ranks of batch 1 take the same
+    steps as one process of batch 2 (tests/test_distributed.py)."""
+    pool, fakes = ImagePool(0), torch.randn(3, 4, 8, 8, requires_grad=True)
+    state = torch.get_rng_state()
+    out = pool.query(fakes)
+    assert torch.equal(out, fakes) and not out.requires_grad and pool.images == []
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 # --- The script end to end --------------------------------------------------------------------------------------
