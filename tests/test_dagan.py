@@ -119,15 +119,15 @@ def test_the_classifier_learns_from_labels_only():
     assert all(p.requires_grad for p in m.C.parameters())
 
 
-def test_regulariser_uses_S_labels_only_when_told():
+def test_regulariser_reads_the_labels_of_the_domains_told():
     seen = []
-    for argv in ([], ["--source_labels", "True"]):
-        m = model(*argv)
+    for labels in ("S", "T", "both"):
+        m = model("--labels", labels)
         m.C.register_forward_hook(lambda mod, inputs, out: seen.append(len(out)))
-        m.train_step(*batch())
-    assert seen == [3, 6]  # three labelled T images; with S's labels, three more
-    assert "cls" not in model().train_step(*batch(labels_B=(-1, -1, -1, -1)))
-    assert "cls" not in model("--source_labels", "True").train_step(*batch(labels_B=(-1,) * 4, labels_A=(-1,) * 4))
+        m.train_step(*batch(labels_A=(5, -1, -1, 7)))
+    assert seen == [2, 3, 5]  # S's two labelled images, T's three, or all five
+    assert "cls" not in model().train_step(*batch(labels_A=(-1,) * 4))
+    assert "cls" not in model("--labels", "both").train_step(*batch(labels_B=(-1,) * 4, labels_A=(-1,) * 4))
 
 
 def test_one_step_updates_every_network():
@@ -176,7 +176,7 @@ def test_step_follows_the_written_out_objectives():
     """Every gradient F's and D's optimizers step on is that of Eq. (9) and Eq. (7)-(8) written out: L_sym paired
     with DAE(s), G's D2 term or D2's fake taken from F(s), or a detached L_cst changes them."""
     torch.manual_seed(0)
-    m = model("--alpha", "0.3", "--beta", "2", "--cls_weight", "0.5", "--source_labels", "True")
+    m = model("--alpha", "0.3", "--beta", "2", "--cls_weight", "0.5", "--labels", "both")
     for net in m.nets.values():
         net.double()  # float64, so that rounding stays far below any planted bug
     s, t, info = batch()
@@ -261,7 +261,7 @@ def test_paper_defaults_and_bad_flags():
     a = make_args()
     assert (a.lr, a.batch_size, a.n_boxes, a.img_size, a.decay_flag) == (2e-4, 64, 1, 32, False)
     assert (a.alpha, a.beta, a.loc_gain) == (10, 1, 1)  # our choices, the docstring says why
-    assert a.dae and a.cst and a.sym and a.D2 and not a.source_labels  # §4.3: no labels of the SVHN domain
+    assert a.dae and a.cst and a.sym and a.D2 and a.labels == "S"  # §4.3: the source domain's labels only
     for opt in model().optimizers.values():
         assert opt.param_groups[0]["betas"] == (0.5, 0.999)
     for argv, message in ((["--box_size", "0"], "--box_size 0"), (["--k", "-1"], "--k -1.0"),
