@@ -652,6 +652,8 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
             return  # the test phase is rank 0's
         with checkpoints.RunLock(run.root) if distributed.rank() == 0 else contextlib.nullcontext():
             (train if args.phase == "train" else test)(model, args, data, run, device)
+        if args.phase == "train":
+            distributed.barrier()  # every rank stops at the same step (distributed.agree), so none waits long
     except (UsageError, DataError, checkpoints.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -109,7 +109,8 @@ def _ranks(r, init_file, out):
     distributed.average_gradients(torch.optim.SGD([a, b, c], lr=1))
     values, stop = distributed.agree({"G": float(r), **({"cls": 3.0} if r else {})}, 15 if r else None)
     torch.save({"a": a.grad, "b": b.grad, "c": c.grad, "values": values, "stop": stop}, f"{out}{r}.pt")
-    dist.destroy_process_group()
+    distributed.barrier()
+    distributed.close()
 
 
 def test_gradients_are_averaged_and_losses_agreed_over_the_ranks(tmp_path):
