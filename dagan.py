@@ -63,7 +63,7 @@ Where the paper is silent, our choices (each a flag where it is a number):
   new domain (target domain) where labeled samples in the new domain are unavailable", translating SVHN to MNIST,
   and compares with SA, DANN, DTN and UNIT (59.32, 73.85, 84.44, 90.53 %), whose SVHN -> MNIST numbers all train
   with SVHN's labels and none of MNIST's. So by default (S) only S's (SVHN-like) labels train the regulariser and,
-  through the classifier, the distance d: the labels that tell the box which digit of s to attend to, and make
+  through the classifier, the distance d: the only labels that can tell the box which digit of s to attend to, and make
   L_cst keep that digit. T uses MNIST-like labels only (no label of S: measured at the floor, the box and d know
   nothing of an S digit); both is Table 4's "MNIST & SVHN: 10 labels", a semi-supervised setting. The evaluation
   classifier is trained on T's labels, as DTN's, and never trains F. Images without a label (folders without class
