@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.amp import compute_dtype, full_precision
+from common.amp import compute_dtype, float32, full_precision
 
 
 def conv(in_ch, out_ch, kernel, stride=1, bias=True, layer=nn.Conv2d):
@@ -68,17 +68,20 @@ class SpectralNorm:
         self.register_buffer("weight_v", F.normalize(torch.randn(self.weight.numel() // rows), dim=0))
 
     def power_iteration(self):
-        """One step towards W's top singular vectors, at every training forward (none in eval mode)."""
+        """One step towards W's top singular vectors, at every training forward (none in eval mode). Returns
+        copies of u, v for this forward's graph: the next training forward updates the buffers in place, and a
+        backward through both forwards needs each one's own u, v (as torch.nn.utils.spectral_norm clones them)."""
         if self.training:
             with torch.no_grad(), full_precision(self.weight):  # bf16 would blur u, v and σ to 3 digits
                 W = self.weight.flatten(1)
                 self.weight_v.copy_(F.normalize(W.t() @ self.weight_u, dim=0))
                 self.weight_u.copy_(F.normalize(W @ self.weight_v, dim=0))
+        return self.weight_u.clone(), self.weight_v.clone()
 
     def sigma(self):
-        self.power_iteration()
+        u, v = self.power_iteration()
         with full_precision(self.weight):
-            return self.weight_u @ (self.weight.flatten(1) @ self.weight_v)  # σ ≈ uᵀWv; u, v fixed in the gradient
+            return u @ (self.weight.flatten(1) @ v)  # σ ≈ uᵀWv; u, v fixed in the gradient
 
 
 class SNConv2d(SpectralNorm, nn.Conv2d):
@@ -91,9 +94,8 @@ class SNConv2d(SpectralNorm, nn.Conv2d):
         self.init_sn()
 
     def forward(self, x):
-        self.power_iteration()
-        return SNConvFunction.apply(x, self.weight, self.bias, self.weight_u, self.weight_v, self.stride,
-                                    self.padding)
+        u, v = self.power_iteration()
+        return SNConvFunction.apply(x, self.weight, self.bias, u, v, self.stride, self.padding)
 
 
 @contextmanager
@@ -140,9 +142,9 @@ class SNConvFunction(torch.autograd.Function):
                 grad_x = torch.nn.grad.conv2d_input(x.shape, W, g_s, ctx.stride, ctx.padding)
             if ctx.needs_input_grad[1]:
                 grad_W = torch.nn.grad.conv2d_weight(x, W.shape, g_s, ctx.stride, ctx.padding).to(ctx.W_dtype)
-                grad_W.view(W.shape[0], -1).addr_(u, v, alpha=-(g_s.float() * y0).sum() / sigma)
+                grad_W.view(W.shape[0], -1).addr_(u, v, alpha=-(float32(g_s) * y0).sum() / sigma)
         if ctx.needs_input_grad[2]:
-            grad_b = g.float().sum((0, 2, 3))
+            grad_b = float32(g).sum((0, 2, 3))
         return grad_x, grad_W, grad_b, None, None, None, None
 
 
