@@ -168,6 +168,8 @@ class Generator(nn.Module):
         self.cam = CAM(C, nn.ReLU(True)) if gen_cam else None
         if norm in ("adalin", "adain"):
             mlp_in = C if light else (img_size // 4) ** 2 * C
+            # Table 4 lists three MLP-(N256), ReLU layers; the third is the γ and β heads, linear as in the authors'
+            # code (a ReLU there would keep β ≥ 0 and γ ≥ 0).
             self.mlp = nn.Sequential(nn.Linear(mlp_in, C, bias=False), nn.ReLU(True),
                                      nn.Linear(C, C, bias=False), nn.ReLU(True))
             self.gamma, self.beta = nn.Linear(C, C, bias=False), nn.Linear(C, C, bias=False)

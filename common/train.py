@@ -208,8 +208,10 @@ def seed_everything(seed):
 
 
 def lr_factor(iteration, decay, start=0.5):
-    """Constant until the fraction `start` of the run, then linear to 0 at the last iteration (U-GAT-IT §B.2 and
-    CycleGAN: half; GuideGAN: 100 of 150 epochs)."""
+    """Constant until the fraction `start` of the run, then linear towards 0 (U-GAT-IT §B.2 and CycleGAN: half;
+    GuideGAN: 100 of 150 epochs). Iteration `step` (from 0) uses the factor; the last one gets 1/(iteration − first),
+    not 0. U-GAT-IT's released code is one iteration ahead (its factor at `step` is ours at step + 1), so its last
+    update has lr 0 and changes nothing."""
     first = int(iteration * start)
 
     def factor(step):

@@ -158,17 +158,33 @@ def test_generator_gradients_are_those_of_eq7():
         assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max() + 1e-7
 
 
-def test_discriminator_loss_is_eq2_and_eq6():
-    """LSGAN with real -> 1, fake -> 0 on the patch logits (Eq. 2) and on the CAM logits (Eq. 6)."""
+def test_discriminator_gradients_are_those_of_eq2_and_eq6():
+    """Each discriminator's update in the step: LSGAN with real -> 1, fake -> 0 on its patch logits (Eq. 2) and its
+    CAM logits (Eq. 6), real from its own domain, fake from the generator into that domain, written out here."""
     m = model()
-    real_A, real_B = images(1)
-    D = m.disGB.eval()  # no power-iteration step, so both evaluations see the same σ
+    real_A, real_B = images(2)
+    gens = copy.deepcopy(SimpleNamespace(A2B=m.genA2B, B2A=m.genB2A))  # the D phase runs before G's update
+    captured = {}
+    for name, opt in m.optimizers.items():
+        if name.startswith("dis"):
+            def capture(*a, name=name, step=opt.step, **kw):
+                assert name not in captured, f"{name} stepped twice"
+                captured[name] = copy.deepcopy(m.nets[name]), [p.grad.clone() for p in m.nets[name].parameters()]
+                return step(*a, **kw)
+            opt.step = capture
+    m.train_step(real_A, real_B)
+    assert sorted(captured) == ["disGA", "disGB", "disLA", "disLB"]
     with torch.no_grad():
-        fake = m.genA2B(real_A)[0]
-    logit_r, cam_r, _ = D(real_B)
-    logit_f, cam_f, _ = D(fake)
-    ref = ((logit_r - 1) ** 2).mean() + (logit_f ** 2).mean() + ((cam_r - 1) ** 2).mean() + (cam_f ** 2).mean()
-    torch.testing.assert_close(m.d_loss(D, real_B, fake), ref)
+        fake = {"A": gens.B2A(real_B)[0], "B": gens.A2B(real_A)[0]}
+    real = {"A": real_A, "B": real_B}
+    for name, (D, grads) in captured.items():
+        D.eval()  # the step's power iteration already ran: use the u, v it used
+        domain = name[-1]
+        logit_r, cam_r, _ = D(real[domain])
+        logit_f, cam_f, _ = D(fake[domain])
+        loss = ((logit_r - 1) ** 2).mean() + (logit_f ** 2).mean() + ((cam_r - 1) ** 2).mean() + (cam_f ** 2).mean()
+        for ours, theirs in zip(grads, torch.autograd.grad(loss, list(D.parameters()))):
+            assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max() + 1e-7, name
 
 
 @pytest.mark.parametrize("kw", [dict(norm="in"), dict(norm="ln"), dict(norm="adain"), dict(norm="gn"),
