@@ -17,7 +17,7 @@ Map of the paper to this file:
     Eq. (3)  L_cyc = ‖s − s''‖₁                                 UAIT.train_step
     Eq. (4)  L_adv^s + L_adv^t + λ_cyc (L_cyc^s + L_cyc^t)      UAIT.train_step, --cycle_weight (λ_cyc 10)
     Eq. (5)  min over F and A, max over D                       UAIT.train_step: F and A first, then D
-    Eq. (6)  t_new, s'_new: the pixels whose attention > τ      d_input, --tau (τ 0.1)
+    Eq. (6)  t_new, s'_new: the pixels whose attention > τ      d_input, --tau (τ 0.1), --masked_fake
     Eq. (7)  L_adv on t_new and s'_new                          UAIT.train_step, in stage 2
     Algorithm 1, §3.2: stage 2 from epoch 30 of 100             UAIT.set_stage, --switch_epoch
     Appendix A: F, A, D                                         generator, AttentionNet, common.blocks.PatchGAN
@@ -56,6 +56,8 @@ DEFAULTS = {
     "switch_epoch": (30, "§3.2, Algorithm 1"),
     "tau": (0.1, "τ, Eq. 6"),
     "pool_size": (50, "CycleGAN's image pool; authors' code pools (fake, mask) pairs"),
+    "masked_fake": ("composite", "authors' code: stage 2's D_T sees s' where A_S(s) > τ (§3.2's text); Eq. 6 prints "
+                                 "F_ST(s)"),
 }
 # `python uait.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes. One iteration
 # costs 0.23 s there (benchmarks/train_step.py uait --img_size 64 --ch 16 --n_res 3), so 2000 take about 8 minutes;
@@ -80,7 +82,8 @@ ABLATIONS = {"Table 2": {
 def generator(ch, n_res):
     """F_ST, F_TS, CycleGAN's generator; Appendix A with ch = 32, n_res = 9: c7s1-32-R, c3s2-64-R, c3s2-128-R,
     9 × r128, tc64s2, tc32s2, c7s1-3-T. The appendix writes the last layer as c3s1-3; the released code (and
-    CycleGAN) use 7×7, as here."""
+    CycleGAN) use 7×7, as here. The residual blocks are CycleGAN's (reflection padding, no ReLU after the sum);
+    the released TF code zero-pads the generator's and applies a ReLU after the sum."""
     return nn.Sequential(*resnet_encoder(3, ch, n_res), *resnet_decoder(ch, 3, 7), nn.Tanh())
 
 
@@ -102,7 +105,7 @@ class AttentionNet(nn.Sequential):
 
 def attend(A, x):
     """A(x), or all ones where Table 2 removes the network (Ours−A_S, Ours−A_T): with an all-ones map Eq. (1) is
-    CycleGAN's F(x) (§3.1), and in stage 2 Eq. (6) lets that direction's fakes reach D whole."""
+    CycleGAN's F(x) (§3.1)."""
     return A(x) if A is not None else x.new_ones(len(x), 1, *x.shape[2:])
 
 
@@ -116,7 +119,7 @@ def map_to(F_xy, A_x, x):
 def d_input(image, mask, masked, tau):
     """What a discriminator sees of an image and its attention map. Stage 1: the whole image (§3.2). Stage 2,
     Eq. (6): only the pixels whose attention exceeds τ, a hard mask, so that D never learns that fractional grey is
-    real."""
+    real. (The authors' code keeps attention ≥ τ; the two differ only where a map equals τ exactly.)"""
     return torch.where(mask > tau, image, 0.0) if masked else image
 
 
@@ -132,8 +135,10 @@ class UAIT:
         # The attention nets share --ch with the generators: both start at 32 channels in Appendix A.
         self.A_S = AttentionNet(args.ch).to(device) if args.A_S else None
         self.A_T = AttentionNet(args.ch).to(device) if args.A_T else None
-        # Appendix A: CycleGAN's PatchGAN, c4s2-64-LR, c4s2-128-LR, c4s2-256-LR, c4s1-512-LR, c4s1-1 (at --ndf 64).
-        self.D_S, self.D_T = PatchGAN(3, args.ndf).to(device), PatchGAN(3, args.ndf).to(device)
+        # Appendix A: CycleGAN's PatchGAN, c4s2-64-LR, c4s2-128-LR, c4s2-256-LR, c4s1-512-LR, c4s1-1 (at --ndf 64),
+        # with instance norm "everywhere apart from the last layer", the first included (as the authors' code;
+        # CycleGAN's own leaves the first layer unnormalised).
+        self.D_S, self.D_T = (PatchGAN(3, args.ndf, norm_first=True).to(device) for _ in "ST")
         nets = dict(F_ST=self.F_ST, F_TS=self.F_TS, A_S=self.A_S, A_T=self.A_T, D_S=self.D_S, D_T=self.D_T)
         self.nets = {name: net for name, net in nets.items() if net is not None}
         for net in self.nets.values():
@@ -151,7 +156,11 @@ class UAIT:
         self.switch = args.switch_epoch / args.epochs  # Algorithm 1's epoch 30 as a fraction of the run
         self.tau, self.cycle_weight = args.tau, args.cycle_weight
         self.cycle, self.cycle_att = args.cycle, args.cycle_att
-        self.masked_D, self.freeze_A = args.masked_D, args.freeze_A
+        # Eq. (6) masks D_T's real t with A_T(t) and its fake with A_S(s) (D_S likewise): without one of the two
+        # networks (Ours−A_S, Ours−A_T) a masked D would see a black background on one side only and tell real
+        # from fake by that alone, so both discriminators keep whole images, as in Ours−D.
+        self.masked_D = args.masked_D and args.A_S and args.A_T
+        self.freeze_A, self.masked_fake = args.freeze_A, args.masked_fake
         self.progress = 0.0
 
     def set_stage(self):
@@ -186,8 +195,10 @@ class UAIT:
         masked = self.set_stage()
         s_prime, s_a, F_s = map_to(self.F_ST, self.A_S, s)  # Eq. (1)
         t_prime, t_a, F_t = map_to(self.F_TS, self.A_T, t)
-        # Eq. (6): s'_new masks the generator's own output F_ST(s), not the composite s'.
-        fake_T, fake_S = (F_s, F_t) if masked else (s_prime, t_prime)
+        # Eq. (6) as printed masks the generator's own output F_ST(s); §3.2 calls s'_new "a masked version of the
+        # translated source sample s'", and the authors' code masks s' (the default): then D_T judges, inside the
+        # mask, the very image the test phase writes.
+        fake_T, fake_S = (F_s, F_t) if masked and self.masked_fake == "F" else (s_prime, t_prime)
 
         # F and A minimise Eq. (4); LSGAN in place of Eq. (2)'s log terms (Appendix A). In stage 2 the adversarial
         # terms are Eq. (7)'s, whose hard mask is a constant: their gradient reaches F only. D takes no gradient here.
@@ -229,8 +240,8 @@ class UAIT:
 
 
 def add_arguments(parser):
-    def arg(flag, type, help):
-        add_default(parser, DEFAULTS, flag, type, help)
+    def arg(flag, type, help, **kw):
+        add_default(parser, DEFAULTS, flag, type, help, **kw)
     arg("--cycle_weight", float, "λ_cyc, cycle loss")
     arg("--ch", int, "base channels of the generators (ch, 2ch, 4ch) and of the attention networks (ch, 2ch)")
     arg("--n_res", int, "residual blocks in each generator")
@@ -239,11 +250,14 @@ def add_arguments(parser):
                                "(as a fraction of --epochs, so it scales with --iteration)")
     arg("--tau", float, "attention threshold for the discriminators' inputs in stage 2")
     arg("--pool_size", int, "(fake, attention map) pairs each discriminator's history holds")
+    arg("--masked_fake", str, "what stage 2's discriminators see of a fake where its source's attention > τ: "
+                              "the composite s' of Eq. 1, or F(s)", choices=["composite", "F"])
     add_bool(parser, "--cycle", True, "the cycle loss (False: Table 2, Ours−cycle)")
     add_bool(parser, "--cycle_att", True, "the way back computes A_T(s') (False: Table 2, Ours−cycleAtt: it reuses "
                                           "A_S(s))")
-    add_bool(parser, "--A_S", True, "the attention network A_S (False: Table 2, Ours−A_S: its map is all ones, and "
-                                    "A_T still acts on t and, on the way back, on s')")
+    add_bool(parser, "--A_S", True, "the attention network A_S (False: Table 2, Ours−A_S: its map is all ones, A_T "
+                                    "still acts on t and, on the way back, on s', and both discriminators see whole "
+                                    "images)")
     add_bool(parser, "--A_T", True, "the attention network A_T (False: Table 2, Ours−A_T, likewise)")
     add_bool(parser, "--masked_D", True, "stage 2's discriminators on Eq. 6's masked images, without instance norm "
                                          "(False: Table 2, Ours−D: whole images; attention still frozen)")

@@ -183,12 +183,14 @@ def resnet_decoder(ngf, out_ch, kernel=7):
 
 class PatchGAN(nn.Module):
     """The 70×70 PatchGAN (pix2pix, CycleGAN): C64-C128-C256-C512, 4×4 convs, LeakyReLU 0.2, instance norm on all
-    but the first, then a 4×4 conv to one logit per patch. `normalize = False` skips the norms at run time (UAIT
-    switches them off in its second stage). Keys match the released `model.N` layout."""
+    but the first (`norm_first` normalises that too), then a 4×4 conv to one logit per patch. `normalize = False`
+    skips the norms at run time (UAIT switches them off in its second stage). Keys match the released `model.N`
+    layout when `norm_first` is False."""
 
-    def __init__(self, in_ch=3, ndf=64, n_layers=3):
+    def __init__(self, in_ch=3, ndf=64, n_layers=3, norm_first=False):
         super().__init__()
-        layers, c = [nn.Conv2d(in_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
+        layers, c = [nn.Conv2d(in_ch, ndf, 4, 2, 1)], ndf
+        layers += [InstanceNorm2d(ndf), nn.LeakyReLU(0.2, True)] if norm_first else [nn.LeakyReLU(0.2, True)]
         for i in range(1, n_layers + 1):
             stride = 2 if i < n_layers else 1
             layers += [nn.Conv2d(c, 2 * c, 4, stride, 1), InstanceNorm2d(2 * c), nn.LeakyReLU(0.2, True)]

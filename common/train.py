@@ -62,11 +62,11 @@ def add_bool(parser, flag, default, help):
                         help=f"{help} (default {default})")
 
 
-def add_default(parser, defaults, flag, type, help):
+def add_default(parser, defaults, flag, type, help, **kw):
     """A flag whose default, and where that default comes from, a paper file's DEFAULTS gives (flag -> (value,
-    source)), so that --help names the source."""
+    source)), so that --help names the source. `kw` goes to argparse (choices=...)."""
     value, source = defaults[flag.lstrip("-")]
-    parser.add_argument(flag, type=type, default=value, help=f"{help} (default {value}: {source})")
+    parser.add_argument(flag, type=type, default=value, help=f"{help} (default {value}: {source})", **kw)
 
 
 def build_parser(name, description, defaults):

@@ -95,6 +95,11 @@ def test_networks_follow_appendix_a():
     assert sum(isinstance(l, torch.nn.InstanceNorm2d) for l in A) == 4 and isinstance(A[-1], torch.nn.Sigmoid)
     assert sum(type(l).__name__ == "ResnetBlock" for l in F_ST) == 9
     assert F_ST[-2].kernel_size == (7, 7) and F_ST[-2].in_channels == 32 and F_ST[0].padding == (3, 3, 3, 3)
+    # D: c4s2-64-LR, c4s2-128-LR, c4s2-256-LR, c4s1-512-LR, c4s1-1, instance norm after every conv but the last
+    layers = list(model("--ndf", "64").D_T.model)
+    convs = [l for l in layers if isinstance(l, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.stride[0]) for c in convs] == [(64, 2), (128, 2), (256, 2), (512, 1), (1, 1)]
+    assert [isinstance(b, torch.nn.InstanceNorm2d) for a, b in zip(layers, layers[1:]) if a in convs] == [True] * 4
 
 
 def test_paper_hyperparameters_are_the_defaults():
@@ -104,6 +109,7 @@ def test_paper_hyperparameters_are_the_defaults():
     assert (a.cycle_weight, a.tau, a.switch_epoch, a.epochs, a.lr) == (10, 0.1, 30, 100, 1e-4)
     assert (a.batch_size, a.img_size, a.ch, a.n_res, a.pool_size, a.iteration) == (1, 256, 32, 9, 50, None)
     assert a.decay_flag and a.cycle and a.cycle_att and a.A_S and a.A_T and a.masked_D and a.freeze_A
+    assert a.masked_fake == "composite"
     m = model()
     assert m.switch == 0.3 and m.cycle_weight == 10
     for opt in m.optimizers.values():
@@ -144,15 +150,18 @@ def test_stage1_trains_everything_on_whole_images():
     assert torch.equal(seen[-1][:1], t)  # D_T's real half in its own update
 
 
-def test_stage2_freezes_attention_and_masks_what_D_sees():
-    m = model()
+@pytest.mark.parametrize("masked_fake", ["composite", "F"])
+def test_stage2_freezes_attention_and_masks_what_D_sees(masked_fake):
+    m = model("--masked_fake", masked_fake)
     straddle_tau(m)
     m.progress = m.switch
     seen = record_inputs(m.D_T)
     s, t = images()
     with torch.no_grad():
         t_a, s_a = m.A_T(t), m.A_S(s)
-        fake = torch.where(s_a > 0.1, m.F_ST(s), 0.0)  # Eq. (6): F_ST(s), not s'
+        s_prime = s_a * m.F_ST(s) + (1 - s_a) * s
+        # The authors' code masks s' (§3.2: "a masked version of s'"); Eq. (6) as printed masks F_ST(s).
+        fake = torch.where(s_a > 0.1, s_prime if masked_fake == "composite" else m.F_ST(s), 0.0)
     assert (t_a > 0.1).any() and (t_a <= 0.1).any()
     before = snapshot(m)
     losses = m.train_step(s, t)
@@ -178,8 +187,9 @@ def test_stage_follows_progress_both_ways():
 
 # --- Eq. (4) and Eq. (7), and Table 2 ---------------------------------------------------------------------------
 
-def reference_G_loss(m, s, t, masked, cycle=True, cycle_att=True, tau=0.1):
-    """Eq. (1)-(4), and Eq. (6)-(7) when masked, written out as the paper has them (LSGAN, Appendix A)."""
+def reference_G_loss(m, s, t, masked, cycle=True, cycle_att=True, tau=0.1, masked_fake="composite"):
+    """Eq. (1)-(4), and Eq. (6)-(7) when masked, written out as the paper has them (LSGAN, Appendix A); the masked
+    fake is s' (authors' code) or F(s) (Eq. 6 as printed)."""
     ones = lambda x: torch.ones_like(x[:, :1])  # noqa: E731
     A_S, A_T = m.get("A_S", ones), m.get("A_T", ones)
     s_a, t_a = A_S(s), A_T(t)
@@ -188,15 +198,18 @@ def reference_G_loss(m, s, t, masked, cycle=True, cycle_att=True, tau=0.1):
     s_pa, t_pa = (A_T(s_p), A_S(t_p)) if cycle_att else (s_a, t_a)
     s_pp = s_pa * m["F_TS"](s_p) + (1 - s_pa) * s_p
     t_pp = t_pa * m["F_ST"](t_p) + (1 - t_pa) * t_p
-    fake_T = m["F_ST"](s) * (s_a > tau) if masked else s_p
-    fake_S = m["F_TS"](t) * (t_a > tau) if masked else t_p
+    if masked:
+        fake_T = (s_p if masked_fake == "composite" else m["F_ST"](s)) * (s_a > tau)
+        fake_S = (t_p if masked_fake == "composite" else m["F_TS"](t)) * (t_a > tau)
+    else:
+        fake_T, fake_S = s_p, t_p
     adv = ((m["D_T"](fake_T) - 1) ** 2).mean() + ((m["D_S"](fake_S) - 1) ** 2).mean()
     cyc = (s - s_pp).abs().mean() + (t - t_pp).abs().mean()
     return adv + 10 * cyc * cycle
 
 
 @pytest.mark.parametrize("argv", [[], ["--cycle", "False"], ["--cycle_att", "False"], ["--A_S", "False"],
-                                  ["--A_T", "False"], ["--masked_D", "False"]])
+                                  ["--A_T", "False"], ["--masked_D", "False"], ["--masked_fake", "F"]])
 @pytest.mark.parametrize("stage", [1, 2])
 def test_generator_gradients_are_those_of_the_paper(argv, stage):
     m = model(*argv)
@@ -214,8 +227,10 @@ def test_generator_gradients_are_those_of_the_paper(argv, stage):
     losses = m.train_step(s, t)
     ref = captured["nets"]
     flags = make_args(*argv)
-    loss = reference_G_loss(ref, s, t, masked=stage == 2 and flags.masked_D, cycle=flags.cycle,
-                            cycle_att=flags.cycle_att)
+    # With one attention network removed, both discriminators see whole images (the test below).
+    masked = stage == 2 and flags.masked_D and flags.A_S and flags.A_T
+    loss = reference_G_loss(ref, s, t, masked=masked, cycle=flags.cycle, cycle_att=flags.cycle_att,
+                            masked_fake=flags.masked_fake)
     torch.testing.assert_close(loss, losses["G"], rtol=1e-5, atol=1e-5)
     assert ("G_cycle" in losses) == flags.cycle
     params = [p for k, net in ref.items() if k[0] in "FA" for p in net.parameters()]
@@ -225,6 +240,47 @@ def test_generator_gradients_are_those_of_the_paper(argv, stage):
     # Biases before an instance norm have a true gradient of 0: theirs is float noise, measured on the largest.
     noise = 1e-5 * max(g.abs().max() for g in theirs)
     for ours, expected in zip([g for g in captured["grads"] if g is not None], theirs):
+        assert (ours - expected).abs().max() <= 1e-4 * expected.abs().max() + noise
+
+
+@pytest.mark.parametrize("argv", [[], ["--A_S", "False"], ["--A_T", "False"], ["--masked_D", "False"],
+                                  ["--masked_fake", "F"]])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_discriminator_gradients_are_those_of_eq2_and_eq7(argv, stage):
+    """D's side, written out: ½[(D_T(t_new) − 1)² + D_T(s'_new)²] + the same for D_S, t_new = t where A_T(t) > τ,
+    s'_new = s' where A_S(s) > τ (stage 2; whole images and instance norm in stage 1, or when either attention
+    network is removed, so that neither side of a D is masked alone). No pool, so D sees this step's fakes."""
+    m = model("--pool_size", "0", *argv)
+    straddle_tau(m)
+    m.progress = 0.0 if stage == 1 else 0.5
+    s, t = images(2)
+    nets = copy.deepcopy(m.nets)  # D's fakes are made before the generators' update
+    captured = {}
+    step = m.optimizers["D"].step
+
+    def capture(*a, **kw):
+        captured["grads"] = [p.grad.clone() for p in m.optimizers["D"].param_groups[0]["params"]]
+        return step(*a, **kw)
+    m.optimizers["D"].step = capture
+    m.train_step(s, t)
+
+    flags = make_args(*argv)
+    ones = lambda x: torch.ones_like(x[:, :1])  # noqa: E731
+    masked = stage == 2 and flags.masked_D and "A_S" in nets and "A_T" in nets
+    with torch.no_grad():
+        s_a, t_a = nets.get("A_S", ones)(s), nets.get("A_T", ones)(t)
+        F_s, F_t = nets["F_ST"](s), nets["F_TS"](t)
+        s_p, t_p = s_a * F_s + (1 - s_a) * s, t_a * F_t + (1 - t_a) * t
+        fake_T, fake_S = (F_s, F_t) if masked and flags.masked_fake == "F" else (s_p, t_p)
+    keep = lambda x, a: x * (a > 0.1) if masked else x  # noqa: E731
+    D_S, D_T = nets["D_S"], nets["D_T"]
+    D_S.normalize = D_T.normalize = not masked
+    loss = (0.5 * (((D_T(keep(t, t_a)) - 1) ** 2).mean() + (D_T(keep(fake_T, s_a)) ** 2).mean())
+            + 0.5 * (((D_S(keep(s, s_a)) - 1) ** 2).mean() + (D_S(keep(fake_S, t_a)) ** 2).mean()))
+    theirs = torch.autograd.grad(loss, [*D_S.parameters(), *D_T.parameters()])
+    assert len(theirs) == len(captured["grads"])
+    noise = 1e-5 * max(g.abs().max() for g in theirs)  # biases before an instance norm: true gradient 0
+    for ours, expected in zip(captured["grads"], theirs):
         assert (ours - expected).abs().max() <= 1e-4 * expected.abs().max() + noise
 
 
