@@ -18,15 +18,16 @@ Map of the paper to this file:
     Eq. (7)  L_tv on the attention masks                        tv
     Eq. (8)  L_pixel (scheme I)                                 AttentionGAN.train_step
     Eq. (9)  the full objective with the curriculum r           AttentionGAN.train_step, curriculum_r
-    §3.4     CycleGAN's ResNet generator and PatchGAN, image pool of 50, Adam(2e-4, 0.5, 0.999)
+    §3.4     CycleGAN's ResNet generator and PatchGAN, image pool of 50 (§4.1), Adam β (0.5, 0.999) (§4.1)
     Table 1  Full, −AD, −AG, −PL, −AL                           --attention_d, --attention_g, --pixel_weight 0,
                                                                 --tv_weight 0
 
 Loss weights (§4.1) depend on the experiment: on faces (where the paper uses scheme I) λ_cycle 10, λ_gan 0.5,
 λ_pixel 1, λ_tv 1e-6 and the curriculum r; on natural images (scheme II) CycleGAN's λ_cycle 10, λ_id 0.5. Each
-scheme's defaults are that setting (SCHEME_DEFAULTS); any flag overrides them. The authors' released code trains
-scheme II as CycleGAN does (no attention-guided discriminator, no TV or pixel loss); we implement the paper. Their
-scheme II generators load with --weights (see AUTHORS_KEYS).
+scheme's defaults are that setting (SCHEME_DEFAULTS), and where §4.1 is silent the authors' code's: for scheme II
+no TV loss and no attention-guided discriminators (their released scheme II code trains as CycleGAN does), and each
+scheme's lr from their code, which the paper does not give. Every other term is a flag (Table 1's rows use them).
+Their scheme II generators load with --weights (see AUTHORS_KEYS).
 """
 import re
 from pathlib import Path
@@ -42,13 +43,15 @@ from kernels.blend import blend, blend_softmax
 
 # --- Defaults: the paper's hyperparameters (flag -> (value, source)) ------------------------------------------
 DEFAULTS = {
-    "epochs": (200, "CycleGAN's schedule, as the authors' selfie2anime run: 100 epochs, then 100 decaying"),
+    "epochs": (200, "the paper gives none; the authors' code: 200 decaying from 100 (scheme I, and scheme II on "
+                    "selfie2anime)"),
     "iteration": (None, "--epochs × the larger training set / --batch_size"),
     "batch_size": (1, "CycleGAN"),
     "print_freq": (1000, "sample grids"),
     "save_freq": (10_000, "checkpoints"),
     "decay_flag": (True, "CycleGAN: lr constant for the first half, then linear to 0"),
-    "lr": (2e-4, "§4.1"),
+    "lr": (None, "the paper gives none; the authors' code: 1e-4 for scheme I (AttentionGAN-v1/train.py), CycleGAN's "
+                 "2e-4 for scheme II"),
     "weight_decay": (0.0, "none in the paper"),
     "img_size": (256, "§4.1: images rescaled to 256×256"),
     "ch": (64, "CycleGAN's generator, ngf 64"),
@@ -60,12 +63,16 @@ DEFAULTS = {
     "curriculum_epochs": (None, "§4.1: r = 0.01 for the first 10 epochs (scheme I); 0 (scheme II): r = 0.5 always"),
     "adv_weight": (None, "λ_gan, §4.1: 0.5 (scheme I, faces), CycleGAN's 1 (scheme II)"),
     "pixel_weight": (None, "λ_pixel, §4.1: 1 (scheme I); 0 (scheme II: Eq. 8 is for scheme I)"),
-    "tv_weight": (1e-6, "λ_tv, §4.1"),
+    "tv_weight": (None, "λ_tv, §4.1: 1e-6 for faces (scheme I); none given for natural images (scheme II), whose "
+                        "authors' code has no TV loss: 0"),
     "identity_weight": (None, "λ_id, §4.1: 0.5 for natural images (scheme II), as a fraction of λ_cycle (CycleGAN)"),
+    "real_pair_mask": ("x", "§3.2: the real pair [A_y, y] takes A_y, the attention G_{X→Y} gave x"),
 }
-SCHEME_DEFAULTS = {  # the flags above whose default is None, per scheme
-    "I": dict(curriculum_epochs=10, adv_weight=0.5, pixel_weight=1.0, identity_weight=0.0),
-    "II": dict(curriculum_epochs=0, adv_weight=1.0, pixel_weight=0.0, identity_weight=0.5),
+SCHEME_DEFAULTS = {  # the flags whose default is None, per scheme: §4.1's setting, else the authors' code's
+    "I": dict(curriculum_epochs=10, adv_weight=0.5, pixel_weight=1.0, identity_weight=0.0, tv_weight=1e-6, lr=1e-4,
+              attention_d=True),  # Table 1's Full model has D_YA, D_XA (their v1 code has neither)
+    "II": dict(curriculum_epochs=0, adv_weight=1.0, pixel_weight=0.0, identity_weight=0.5, tv_weight=0.0, lr=2e-4,
+               attention_d=False),  # §4.1 is silent; the authors' scheme II code has no attention-guided D
 }
 R_CURRICULUM, R_AFTER = 0.01, 0.5  # r of Eq. 9, §4.1
 # `python attentiongan.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes.
@@ -80,6 +87,11 @@ ABLATIONS = {"Table 1": {
     "Full - AD - PL": ["--scheme", "I", "--attention_d", "False", "--pixel_weight", "0"],
     "Full - AD - AL": ["--scheme", "I", "--attention_d", "False", "--tv_weight", "0"],
     "Full - AD - PL - AL": ["--scheme", "I", "--attention_d", "False", "--pixel_weight", "0", "--tv_weight", "0"],
+}, "D_YA's real pair (scheme II)": {  # what the attention-guided discriminators add on natural-image settings
+    "scheme II": [],
+    "+ AD": ["--attention_d", "True"],
+    "+ AD, y's own mask": ["--attention_d", "True", "--real_pair_mask", "y"],
+    "CycleGAN": ["--attention_g", "False"],
 }}
 
 
@@ -87,7 +99,7 @@ ABLATIONS = {"Table 1": {
 
 class SchemeI(nn.Module):
     """Scheme I (§3.1, Fig. 2): CycleGAN's generator with 4 output channels, one attention mask (sigmoid) and one
-    content image (tanh)."""
+    content image (tanh, the images' range, as scheme II's content; the authors' v1 generator leaves it unbounded)."""
 
     def __init__(self, ch, n_res):
         super().__init__()
@@ -277,13 +289,17 @@ class AttentionGAN:
             D.requires_grad_(True)
 
         # Discriminators: Eq. (5) and (6), maximised, halved; fakes from the pool of past (image, attention) pairs.
-        # The real pair [A_y, y] uses the attention G_{X→Y} gave the current x (§3.2).
+        # The real pair [A_y, y] uses the attention G_{X→Y} gave the current x (§3.2), which marks x's object, not
+        # y's; --real_pair_mask y pairs y with the attention G_{Y→X} (as just updated) gives y itself.
         D_loss = 0.0
-        for x, y, _, _, Y in directions:
+        for x, y, _, G_yx, Y in directions:
             image, A = fakes[Y]
             pooled = self.pools[Y].query(torch.cat([A, image], 1) if A is not None else image)
             D_loss = D_loss + lsgan_d(self.nets[f"D_{Y}"], y, pooled[:, -3:])
             if self.attention_d:
+                if a.real_pair_mask == "y":
+                    with torch.no_grad():
+                        A = foreground(G_yx(y)[1])
                 D_loss = D_loss + lsgan_d(self.nets[f"D_{Y}A"], torch.cat([A, y], 1), pooled)
         self.amp.update("D", D_loss)
 
@@ -307,8 +323,8 @@ class AttentionGAN:
 
 
 def add_arguments(parser):
-    def arg(flag, type, help):
-        add_default(parser, DEFAULTS, flag, type, help)
+    def arg(flag, type, help, **kw):
+        add_default(parser, DEFAULTS, flag, type, help, **kw)
     parser.add_argument("--scheme", choices=("I", "II"), default="II",
                         help="attention-guided generation scheme I (Eq. 1) or II (Eq. 2) (default II)")
     arg("--n_masks", int, "scheme II: n attention masks, n − 1 content images")
@@ -322,7 +338,10 @@ def add_arguments(parser):
     arg("--identity_weight", float, "λ_id")
     arg("--curriculum_epochs", int, "epochs with r = 0.01 in Eq. 9, then r = 0.5")
     arg("--pool_size", int, "generated images kept for the discriminators")
-    add_bool(parser, "--attention_d", True, "the attention-guided discriminators D_YA, D_XA (False: Table 1, −AD)")
+    arg("--real_pair_mask", str, "the mask in D_YA's real pair: x's (G_{X→Y}(x)'s attention) or y's own "
+                                 "(G_{Y→X}(y)'s)", choices=["x", "y"])
+    add_bool(parser, "--attention_d", None, "the attention-guided discriminators D_YA, D_XA (False: Table 1, −AD; "
+                                            "default: scheme I True, scheme II False)")
     add_bool(parser, "--attention_g", True, "the attention-guided generators (False: Table 1, −AG: CycleGAN's "
              "generator; no attention, so no −AD and no TV loss either)")
     parser.add_argument("--weights", default=None, help="start from these weights: one of our checkpoints, or the "

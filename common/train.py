@@ -59,7 +59,7 @@ def str2bool(value):
 def add_bool(parser, flag, default, help):
     """A boolean flag as the authors' scripts take it: bare (`--light`) or with a value (`--light False`)."""
     parser.add_argument(flag, type=str2bool, nargs="?", const=True, default=default,
-                        help=f"{help} (default {default})")
+                        help=help if default is None else f"{help} (default {default})")
 
 
 def add_default(parser, defaults, flag, type, help, **kw):

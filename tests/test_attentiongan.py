@@ -1,5 +1,6 @@
 """attentiongan.py: the compositions of Eq. 1-2, the losses and weights of Eq. 4-9, Table 1's ablations, the
 authors' scheme II checkpoints, one training step per scheme, and the script end to end."""
+import copy
 import json
 import subprocess
 import sys
@@ -34,19 +35,26 @@ def images(n=2, size=32):
 
 
 def test_scheme_defaults_are_the_papers_settings():
-    a = model(scheme="I").args
+    """§4.1's settings, and where it is silent the authors' code's: v1 (scheme I) and their scheme II code."""
+    m = model(scheme="I")
+    a = m.args
     assert (a.cycle_weight, a.adv_weight, a.pixel_weight, a.tv_weight) == (10, 0.5, 1, 1e-6)  # §4.1, faces
-    assert (a.identity_weight, a.curriculum_epochs, a.epochs) == (0, 10, 200)
-    a = model(scheme="II").args
+    assert (a.identity_weight, a.curriculum_epochs, a.epochs, a.lr) == (0, 10, 200, 1e-4)  # v1 code: λ_id 0, lr
+    assert a.attention_d and "D_YA" in m.nets  # Table 1's Full model
+    m = model(scheme="II")
+    a = m.args
     assert (a.cycle_weight, a.identity_weight, a.adv_weight, a.pixel_weight) == (10, 0.5, 1, 0)  # CycleGAN's
-    assert a.curriculum_epochs == 0
+    assert (a.curriculum_epochs, a.tv_weight, a.lr) == (0, 0, 2e-4)  # their scheme II code: no TV loss
+    assert not a.attention_d and "D_YA" not in m.nets  # nor attention-guided discriminators
     parser = build_parser("attentiongan", "", ag.DEFAULTS)
     ag.add_arguments(parser)
     d = parser.parse_args([])
-    assert (d.lr, d.batch_size, d.pool_size, d.scheme, d.n_masks, d.ch, d.n_res) == (2e-4, 1, 50, "II", 10, 64, 9)
+    assert (d.batch_size, d.pool_size, d.scheme, d.n_masks, d.ch, d.n_res) == (1, 50, "II", 10, 64, 9)
     assert model(scheme="II", adv_weight=2.0).args.adv_weight == 2.0  # a flag beats the scheme's default
-    opt = model().optimizers["G"].param_groups[0]
-    assert opt["betas"] == (0.5, 0.999) and opt["lr"] == 2e-4
+    assert model(scheme="II", attention_d=True).args.attention_d and model(scheme="I", lr=3e-4).args.lr == 3e-4
+    for scheme, lr in (("I", 1e-4), ("II", 2e-4)):
+        opt = model(scheme=scheme).optimizers["G"].param_groups[0]
+        assert opt["betas"] == (0.5, 0.999) and opt["lr"] == lr
 
 
 def test_curriculum_r_of_eq_9():
@@ -97,7 +105,7 @@ def test_tv_is_eq_7():
 
 @pytest.mark.parametrize("scheme", ["I", "II"])
 def test_one_training_step_updates_every_network(scheme):
-    m = model(scheme=scheme)
+    m = model(scheme=scheme, attention_d=True, tv_weight=1e-6)
     before = {k: [p.clone() for p in net.parameters()] for k, net in m.nets.items()}
     losses = m.train_step(*images())
     expected = {"G", "D", "r", "G_gan", "G_agan", "G_cycle", "G_tv"}
@@ -108,21 +116,95 @@ def test_one_training_step_updates_every_network(scheme):
         assert any(not torch.equal(a, b) for a, b in zip(before[k], net.parameters())), k
 
 
-def test_generator_objective_is_eq_9():
-    for scheme, progress in (("I", 0.0), ("I", 0.5), ("II", 0.0)):
-        m = model(scheme=scheme)
-        m.progress = progress
-        l = m.train_step(*images())
-        w, r = m.w, l["r"].item()
-        assert r == (0.01 if (scheme, progress) == ("I", 0.0) else 0.5)
-        expected = (r * (w["cycle"] * l["G_cycle"] + w["pixel"] * l.get("G_pixel", 0)
-                         + w["identity"] * w["cycle"] * l.get("G_identity", 0))
-                    + (1 - r) * (w["adv"] * (l["G_gan"] + l["G_agan"]) + w["tv"] * l["G_tv"]))
-        torch.testing.assert_close(l["G"], expected)
+def capture_step(m, which):
+    """Run one train_step; return copies of the networks as they were before it and the gradients the `which`
+    optimizer stepped on."""
+    captured = {}
+    step = m.optimizers[which].step
+
+    def capture(*a, **kw):
+        captured["grads"] = [p.grad.clone() for p in m.optimizers[which].param_groups[0]["params"]]
+        return step(*a, **kw)
+    m.optimizers[which].step = capture
+    return captured
+
+
+def assert_same_gradients(ours, loss, params):
+    theirs = torch.autograd.grad(loss, params)
+    assert len(ours) == len(theirs)
+    noise = 1e-5 * max(g.abs().max() for g in theirs)  # biases before an instance norm: true gradient 0
+    for a, b in zip(ours, theirs):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max() + noise
+
+
+def written_out(nets, scheme, x, y):
+    """For each direction (x, y, G_{X→Y}, G_{Y→X}, D_Y, D_YA): G_y and its foreground attention, from Eq. (1)-(2)
+    as the paper defines them."""
+    out = []
+    for x_, y_, G, F_, Y in ((x, y, nets["G_XY"], nets["G_YX"], "Y"), (y, x, nets["G_YX"], nets["G_XY"], "X")):
+        G_y, masks, _ = G(x_)
+        A_y = masks if scheme == "I" else 1 - masks[:, -1:]  # scheme II: all but the background's mask
+        out.append((x_, y_, G, F_, nets[f"D_{Y}"], nets.get(f"D_{Y}A"), G_y, A_y, masks))
+    return out
+
+
+@pytest.mark.parametrize("scheme, progress, kw", [("I", 0.0, {}), ("I", 0.5, {}), ("II", 0.0, {}),
+                                                  ("II", 0.0, dict(attention_d=True, tv_weight=1e-6))])
+def test_generator_gradients_are_those_of_eq_9(scheme, progress, kw):
+    """Eq. (9) written out: r·[λ_cycle L_cycle + λ_pixel L_pixel + λ_id λ_cycle L_id] + (1 − r)·[λ_gan (L_GAN +
+    L_AGAN) + λ_tv L_tv], each term from its equation, both directions, against the gradients train_step steps on."""
+    m = model(scheme=scheme, **kw)
+    m.progress = progress
+    nets = {k: copy.deepcopy(v) for k, v in m.nets.items()}
+    captured = capture_step(m, "G")
+    x, y = images()
+    m.train_step(x, y)
+    a = m.args
+    r = 0.01 if (scheme, progress) == ("I", 0.0) else 0.5
+    rec, adv = 0.0, 0.0
+    for x_, y_, G, F_, D_Y, D_YA, G_y, A_y, masks in written_out(nets, scheme, x, y):
+        rec = rec + a.cycle_weight * (F_(G_y)[0] - x_).abs().mean()                          # Eq. (4)
+        rec = rec + a.pixel_weight * (G_y - x_).abs().mean()                                 # Eq. (8)
+        rec = rec + a.identity_weight * a.cycle_weight * (G(y_)[0] - y_).abs().mean()        # CycleGAN's L_id
+        gan = ((D_Y(G_y) - 1) ** 2).mean()                                                   # Eq. (5), LSGAN
+        if a.attention_d:
+            gan = gan + ((D_YA(torch.cat([A_y, G_y], 1)) - 1) ** 2).mean()                   # Eq. (6)
+        tv = ((masks[..., 1:] - masks[..., :-1]).abs().sum((1, 2, 3))
+              + (masks[..., 1:, :] - masks[..., :-1, :]).abs().sum((1, 2, 3))).mean()        # Eq. (7)
+        adv = adv + a.adv_weight * gan + a.tv_weight * tv
+    loss = r * rec + (1 - r) * adv
+    assert_same_gradients(captured["grads"], loss, [*nets["G_XY"].parameters(), *nets["G_YX"].parameters()])
+
+
+@pytest.mark.parametrize("scheme, kw", [("I", {}), ("II", {}), ("II", dict(attention_d=True)),
+                                        ("I", dict(real_pair_mask="y")),
+                                        ("II", dict(attention_d=True, real_pair_mask="y"))])
+def test_discriminator_gradients_are_those_of_eq_5_and_6(scheme, kw):
+    """D's side, halved (§3.4): ½[(D_Y(y) − 1)² + D_Y(G_y)²] + ½[(D_YA([A_y, y]) − 1)² + D_YA([A_y, G_y])²] and
+    the same for X, the real pair with the attention of G_y (§3.2), or with --real_pair_mask y the attention
+    G_{Y→X} gives y after its update; no pool, fakes from before G's update."""
+    m = model(scheme=scheme, pool_size=0, **kw)
+    nets = {k: copy.deepcopy(v) for k, v in m.nets.items()}
+    captured = capture_step(m, "D")
+    x, y = images()
+    m.train_step(x, y)
+    loss = 0.0
+    with torch.no_grad():
+        fakes = written_out(nets, scheme, x, y)
+    for x_, y_, G, F_, D_Y, D_YA, G_y, A_y, masks in fakes:
+        loss = loss + 0.5 * (((D_Y(y_) - 1) ** 2).mean() + (D_Y(G_y) ** 2).mean())
+        if m.args.attention_d:
+            with torch.no_grad():  # y's own mask comes from G_{Y→X} as this step's update left it
+                own = m.nets["G_YX" if F_ is nets["G_YX"] else "G_XY"](y_)[1]
+            A_real = A_y if m.args.real_pair_mask == "x" else own if scheme == "I" else 1 - own[:, -1:]
+            loss = loss + 0.5 * (((D_YA(torch.cat([A_real, y_], 1)) - 1) ** 2).mean()
+                                 + (D_YA(torch.cat([A_y, G_y], 1)) ** 2).mean())
+    params = [p for k, net in nets.items() if k.startswith("D") for p in net.parameters()]
+    assert_same_gradients(captured["grads"], loss, params)
 
 
 def test_table_1_ablations_remove_what_they_name():
-    m = model(attention_d=False)                                         # −AD
+    m = model(scheme="I", attention_d=False)                             # −AD
     assert set(m.nets) == {"G_XY", "G_YX", "D_Y", "D_X"} and "G_agan" not in m.train_step(*images())
     m = model(attention_g=False)                                         # −AG: CycleGAN's generator
     x, y = images()
@@ -130,12 +212,12 @@ def test_table_1_ablations_remove_what_they_name():
     assert att is None and isinstance(m.G_XY, ag.Plain) and "D_YA" not in m.nets
     assert {"G_tv", "G_agan"}.isdisjoint(m.train_step(x, y))
     assert "G_pixel" not in model(scheme="I", pixel_weight=0.0).train_step(x, y)   # −PL
-    assert "G_tv" not in model(tv_weight=0.0).train_step(x, y)                     # −AL
+    assert "G_tv" not in model(scheme="I", tv_weight=0.0).train_step(x, y)         # −AL
     assert "G_identity" not in model(identity_weight=0.0).train_step(x, y)
 
 
 def test_the_discriminators_judge_attention_image_pairs():
-    m = model()
+    m = model(scheme="I")
     seen = []
     m.nets["D_YA"].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
     m.train_step(*images())

@@ -1,11 +1,15 @@
 """common.blocks' spectral norm against torch.nn.utils.spectral_norm (one power-iteration step per training forward):
 the same outputs, gradients and u, v, also when one layer runs two training forwards before one backward (the
 authors' U-GAT-IT discriminator loss passes real and fake separately)."""
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
 
 from common.blocks import SNConv2d, SNLinear
+from conftest import ROOT
 
 
 def twins(kind):
@@ -39,3 +43,13 @@ def test_two_training_forwards_then_one_backward_match_torch(kind):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(ours.weight_u, theirs.weight_u)
     torch.testing.assert_close(ours.weight_v, theirs.weight_v)
+
+
+def test_the_two_pass_benchmark_runs():
+    """benchmarks/sn_passes.py: its TwoPasses model is the authors' D loss (two training forwards of each D per
+    update, then one backward, which the in-place bug made fail); one row per reported iteration."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks/sn_passes.py"), "--steps", "2", "--every", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    rows = [line for line in p.stdout.splitlines() if line[:1].isdigit()]
+    assert [r.split(" |")[0] for r in rows] == ["1", "2"]
