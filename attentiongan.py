@@ -90,7 +90,7 @@ ABLATIONS = {"Table 1": {
 }, "D_YA's real pair (scheme II)": {  # what the attention-guided discriminators add on natural-image settings
     "scheme II": [],
     "+ AD": ["--attention_d", "True"],
-    "+ AD, y's own mask": ["--attention_d", "True", "--real_pair_mask", "y"],
+    "+ AD, y's mask": ["--attention_d", "True", "--real_pair_mask", "y"],
     "CycleGAN": ["--attention_g", "False"],
 }}
 
