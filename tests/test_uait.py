@@ -12,6 +12,7 @@ from PIL import Image
 
 import uait
 from common.blocks import ImagePool
+from common.shapes import ShapesDomain
 from common.train import UsageError, build_parser, load_checkpoint, parse_args, save_checkpoint
 from conftest import ROOT
 
@@ -400,6 +401,18 @@ def test_train_then_test_phase(tmp_path):
     assert len(a2b) == 100 and len(list((root / "test/B2A").iterdir())) == 100
     assert Image.open(a2b[0]).size == (4 * 34 + 2, 36)
     assert set(json.loads((root / "test/metrics.json").read_text())) >= {"A2B/target", "B2A/iou"}
+
+    # benchmarks/attention_levels.py on the same checkpoint: A_S's mean over the object pixels of the test apples
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/attention_levels.py"), "uait",
+                          str(root / "checkpoints/latest.pt")], capture_output=True, text=True, check=True).stdout
+    A_S = uait.AttentionNet(4)
+    A_S.load_state_dict(state["nets"]["A_S"])
+    apples = ShapesDomain("A", "test", 32)
+    x = torch.stack([apples.get(i) for i in range(100)])
+    inside = torch.stack([apples.mask(i) for i in range(100)]) > 0.5
+    with torch.no_grad():
+        a = A_S(x)
+    assert f"A2B: {a[inside].mean():.3f} | {a[~inside].mean():.3f} |" in out and "B2A: " in out
 
 
 def test_resume_with_a_larger_iteration_is_exact_across_the_switch_on_a_folder_dataset(tmp_path):
