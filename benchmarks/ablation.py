@@ -216,7 +216,7 @@ def parse(argv):
     if args.seeds < 1 or args.jobs < 1:
         raise UsageError("--seeds and --jobs: use 1 or more")
     args.extra = extra
-    args.out = Path(args.out or ROOT / "runs/ablation" / args.script)
+    args.out = Path(args.out or ROOT / "runs/ablation" / args.script).resolve()  # the runs' cwd is the repo's
     return args
 
 

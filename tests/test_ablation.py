@@ -122,6 +122,15 @@ def test_failing_runs_are_reported_and_retried(tmp_path):
     assert "0 of 2 done; 2 to run" in runner(out, "--rows", "w/o CAM", "--seeds", "1", extra=bad).stdout
 
 
+def test_a_relative_out_is_the_callers_folder(tmp_path):
+    """The runs run in the repository's folder; a relative --out still means the folder the runner was called from."""
+    command = [sys.executable, str(ROOT / "benchmarks/ablation.py"), "ugatit", "--rows", "U-GAT-IT", "--seeds", "1",
+               "--iteration", "1", "--out", "relative", "--", *TINY]
+    p = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert (tmp_path / "relative/U-GAT-IT/seed0/result.json").is_file() and not (ROOT / "relative").exists()
+
+
 def test_ctrl_c_stops_the_runs_and_says_what_to_rerun(tmp_path):
     out = tmp_path / "ablation"
     command = [sys.executable, str(ROOT / "benchmarks/ablation.py"), "ugatit", "--out", str(out), "--rows", "w/o CAM",
