@@ -637,12 +637,13 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
         torch.set_flush_denormal(True)
         if device.type == "cuda":
             cuda_settings(args.deterministic)
-        print(f"{name}: " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None)
-              + f"  [device {device}]")
         if args.download:
             download_cyclegan(args.dataset, args.data_root, base_url=args.download_url)
         seed_everything(args.seed)
         model = make_model(args, device)
+        # After make_model, which fills the defaults that depend on other flags (AttentionGAN's per scheme).
+        print(f"{name}: " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None)
+              + f"  [device {device}]")
         data = None if args.input else load_data(args.dataset, args.img_size, root=args.data_root, seed=args.seed,
                                                  paired=getattr(model, "paired", False))
         if args.iteration is None and data is not None:

@@ -338,7 +338,8 @@ def test_script_trains_resumes_exactly_across_the_curriculum_and_tests(tmp_path)
     args = [*TINY, "--scheme", "I", "--curriculum_epochs", "50", "--print_freq", "4", "--save_freq", "1",
             "--pool_size", "2", "--decay_flag", "False"]
     straight = tmp_path / "straight"
-    run(straight, *args, "--iteration", "8")
+    p = run(straight, *args, "--iteration", "8")
+    assert "--lr 0.0001" in p.stdout and "--attention_d True" in p.stdout  # the settings line shows scheme I's
     assert [r["r"] for r in logged(straight / "runs/attentiongan/shapes")] == [0.01] * 2 + [0.5] * 6
     # a second run stopped at 1 (inside the curriculum) and resumed, against the straight one (constant lr: a run of
     # 1 iteration would otherwise have decayed it to 0 already)
