@@ -366,8 +366,10 @@ def sample_grid(model, A, B, device, n=4):
     return grid(rows)
 
 
-class Stopped(Exception):
-    """The run ends on a signal; main exits with 128 + its number, as a shell reports a signalled process."""
+class Stopped(BaseException):
+    """The run ends on a signal; main exits with 128 + its number, as a shell reports a signalled process.
+    A BaseException, as KeyboardInterrupt: the signal lands in whatever line is running, and the `except Exception`
+    that treats an undecodable image or a failed download as such must not take it for one."""
 
     def __init__(self, signum, message):
         super().__init__(message)

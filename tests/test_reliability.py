@@ -15,7 +15,8 @@ from PIL import Image
 
 import attentiongan
 import ugatit
-from common import checkpoints
+from common import checkpoints, data
+from common.data import FolderDomain
 from common.train import Run, StopFlag, Stopped, UsageError, build_parser, parse_args, restore, save_checkpoint
 from conftest import ROOT
 from test_cli import TINY, run
@@ -74,6 +75,29 @@ def test_a_second_signal_stops_at_once_without_saving():
         with pytest.raises(Stopped, match="without saving") as stopped:
             flag.handle(signal.SIGTERM, None)
     assert stopped.value.signum == signal.SIGTERM
+
+
+def test_a_signal_inside_an_image_decode_or_a_download_is_a_stop_not_a_bad_file(tmp_path, monkeypatch):
+    # The handler raises wherever the main thread is; the decoder's and the download's `except Exception` (for
+    # files and networks that fail) must let it through and mark nothing broken.
+    Image.new("RGB", (8, 8)).save(tmp_path / "0.png")
+    domain = FolderDomain(tmp_path, 8, train=False)
+    flag = StopFlag("latest.pt")
+
+    def second_signal(*_):
+        flag.handle(signal.SIGTERM, None)
+
+    with flag:
+        flag.handle(signal.SIGINT, None)
+        with monkeypatch.context() as m:
+            m.setattr(FolderDomain, "_decode", second_signal)
+            with pytest.raises(Stopped):
+                domain.get(0)
+        assert domain.stand_in(0) == 0 and domain.get(0).shape == (3, 8, 8)  # the file is not taken for broken
+        monkeypatch.setattr(data, "fetch", second_signal)
+        with pytest.raises(Stopped):
+            data.download_cyclegan("toy", root=tmp_path / "dataset", base_url="http://127.0.0.1:9")
+    assert [p.name for p in (tmp_path / "dataset").iterdir()] == []  # its temporary folder went too
 
 
 def test_sighup_saves_and_a_second_signal_exits_without_saving_or_a_traceback(tmp_path, T):
