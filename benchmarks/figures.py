@@ -1,7 +1,7 @@
 """The README's figure of each paper: the script's CPU preset trained with seed 0, its last sample grid (input,
 attention, output; for DA-GAN the boxes) copied to docs/figures/<script>.png.
 
-    python benchmarks/figures.py                  # all five papers, one after another (about 40 minutes on 2 cores)
+    python benchmarks/figures.py                  # all five papers, one after another (about 30 minutes on 2 cores)
     python benchmarks/figures.py uait dagan       # some of them
     python benchmarks/figures.py ugatit -- --iteration 500   # flags after -- go to every script
 
