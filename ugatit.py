@@ -340,8 +340,8 @@ class UGATIT:
                 losses["D"] += loss.detach()
 
         # Generators minimise Eq. (7), in one backward pass per group of terms: the gradients add up to those of
-        # the whole sum, and each group's generator graphs are freed before the next is built (peak memory: three
-        # generator graphs, not six). D's weights need no gradient here.
+        # the whole sum, and each group's generator graphs are freed before the next is built (peak memory: two
+        # generator graphs, a translation and its cycle, not all six). D's weights need no gradient here.
         for D in (self.disGA, self.disGB, self.disLA, self.disLB):
             D.requires_grad_(False)
         for _, x_t, G_st, _, _ in directions:
