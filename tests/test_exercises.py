@@ -51,7 +51,8 @@ def tiny(command):
         script, options = rest[0], rest[1:]
         before, extra = (options[:options.index("--")], options[options.index("--") + 1:]) if "--" in options \
             else (options, [])
-        out = [] if "--out" in before else ["--out", "runs/ablation"]  # relative: inside the exercise's folder
+        # the runner's default folder, runs/ablation/<script>, but inside the exercise's folder
+        out = [] if "--out" in before else ["--out", f"runs/ablation/{script}"]
         return [sys.executable, str(ROOT / target), script, *before, *out, "--seeds", "1", "--iteration", "2",
                 "--jobs", "1", "--", *extra, *TINY[script]]
     return [sys.executable, str(ROOT / target), *rest]
