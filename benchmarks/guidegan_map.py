@@ -54,9 +54,12 @@ def measure(path, folder, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="+", type=Path, help="folders holding finished guidegan runs")
+    parser.add_argument("folders", nargs="+", type=Path,
+                        help="folders holding finished guidegan runs, or one run's folder, "
+                             "<result_dir>/guidegan/shapes_paired")
     folders = parser.parse_args().folders
-    runs = sorted((p, f) for f in folders for p in f.glob("**/guidegan/shapes_paired/checkpoints/latest.pt"))
+    runs = sorted((p.resolve(), f) for f in folders for p in f.glob("**/checkpoints/latest.pt")
+                  if p.resolve().parts[-4:-2] == ("guidegan", "shapes_paired"))
     rows = {}  # row folder -> seed -> (with map, all ones, change)
     for path, folder in runs:
         if measured := measure(path, folder, torch.device("cpu")):
