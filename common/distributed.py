@@ -49,9 +49,11 @@ def init(device):
 
 
 def barrier():
-    """Wait for every rank. Before a clean exit: a rank that tears gloo down while its peer is still talking to it
-    can abort ("terminate called without an active exception", SIGABRT), seen once in CI at the end of a two-rank
-    run."""
+    """Wait for every rank: before a clean exit, so that no rank tears its process group down while another still
+    waits on it (rank 0 evaluates and saves after the last step). Rank 1 of a two-rank gloo run has aborted at its
+    end ("terminate called without an active exception", SIGABRT) in two CI runs, the second with this barrier in
+    place, so it is not that abort's cure; it has not happened in any of the launches made to catch it
+    (tests/test_distributed.py runs the ranks with faulthandler on, so the next one shows where it happens)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 

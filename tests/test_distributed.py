@@ -2,6 +2,7 @@
 2 does, rank 0 alone writes, the checkpoint resumes in one process; the shards, the gradient mean and the agreed
 losses against their definitions."""
 import json
+import os
 import subprocess
 import sys
 
@@ -21,10 +22,14 @@ ARGS = [*TINY, "--iteration", "3", "--save_freq", "3", "--print_freq", "3"]
 
 
 def torchrun(work, *args, script="ugatit.py"):
+    """With Python's faulthandler on in the ranks: a rank that aborts prints every thread's Python stack, which says
+    where it died (in the script, in destroy_process_group, or after it at interpreter exit; the abort of
+    common.distributed.barrier's docstring)."""
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(ROOT / script), "--result_dir", str(work / "runs"), *args],
-                       cwd=work, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
+                       cwd=work, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    assert p.returncode == 0, p.stderr[-6000:]
     return p
 
 
