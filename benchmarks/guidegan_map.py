@@ -58,8 +58,8 @@ def main():
                         help="folders holding finished guidegan runs, or one run's folder, "
                              "<result_dir>/guidegan/shapes_paired")
     folders = parser.parse_args().folders
-    runs = sorted((p.resolve(), f) for f in folders for p in f.glob("**/checkpoints/latest.pt")
-                  if p.resolve().parts[-4:-2] == ("guidegan", "shapes_paired"))
+    runs = sorted((p, f) for f in folders for p in f.resolve().glob("**/checkpoints/latest.pt")
+                  if p.parts[-4:-2] == ("guidegan", "shapes_paired"))
     rows = {}  # row folder -> seed -> (with map, all ones, change)
     for path, folder in runs:
         if measured := measure(path, folder, torch.device("cpu")):

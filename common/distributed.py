@@ -49,11 +49,10 @@ def init(device):
 
 
 def barrier():
-    """Wait for every rank: before a clean exit, so that no rank tears its process group down while another still
-    waits on it (rank 0 evaluates and saves after the last step). Rank 1 of a two-rank gloo run has aborted at its
-    end ("terminate called without an active exception", SIGABRT) in two CI runs, the second with this barrier in
-    place, so it is not that abort's cure; it has not happened in any of the launches made to catch it
-    (tests/test_distributed.py runs the ranks with faulthandler on, so the next one shows where it happens)."""
+    """Wait for every rank before a clean exit, so that no rank tears its process group down while another still
+    waits on it (rank 0 evaluates and saves after the last step). It is not the cure of the abort CI has seen twice
+    at the end of a two-rank gloo run (rank 1, "terminate called without an active exception"): the second came with
+    it in place. tests/test_distributed.py runs the ranks with faulthandler on, so the next one shows where."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
