@@ -33,6 +33,15 @@ def torchrun(work, *args, script="ugatit.py"):
     return p
 
 
+
+def test_a_rank_that_aborts_shows_where(tmp_path):
+    """The helper's failure message holds the aborting rank's Python stack (faulthandler), down to its line."""
+    script = tmp_path / "abort.py"
+    script.write_text("import os\n\nif os.environ['RANK'] == '1':\n    os.abort()\n")
+    with pytest.raises(AssertionError) as failed:
+        torchrun(tmp_path, script=script)
+    assert "Fatal Python error: Aborted" in str(failed.value) and f'File "{script}", line 4' in str(failed.value)
+
 def test_two_ranks_of_batch_1_train_as_one_process_of_batch_2(tmp_path):
     for work in ("two", "one"):
         (tmp_path / work).mkdir()
