@@ -4,6 +4,8 @@ then mean ± sd per row and the paired difference against the full model with a 
     python benchmarks/ablation.py ugatit                                   # every row, seeds 0-2, the CPU preset
     python benchmarks/ablation.py guidegan --rows "RAM, RGBA" --seeds 5    # one row (and its table's full model)
     python benchmarks/ablation.py ugatit --iteration 200 -- --img_size 32  # flags after -- go to every run
+    python benchmarks/ablation.py guidegan --rows "Table 2 (supervised)" --against "none, GuideGAN's losses"
+                                          # each row paired with the row without attention instead
 
 Each row-seed is one subprocess (`--jobs` at a time, one thread each) in <out>/<row>/seed<s>/, with its log in
 log.txt there. Finished row-seeds (result.json) are never run again, and an interrupted run continues from its last
@@ -96,10 +98,15 @@ def model_metrics(runs):
     return list(dict.fromkeys(k for run in runs for k in run if k.split("/")[0] in DIRECTIONS))
 
 
-def format_table(title, rows, results, failures):
+def paired_with(rows, against):
+    """The row a table's differences are taken against: `against` where it is one of the rows, else the full model."""
+    return against if against in rows else rows[0]
+
+
+def format_table(title, rows, results, failures, against=None):
     """Markdown for one table. rows: its row names, the full model first; results[row][seed]: that run's eval
-    dict; failures[row][seed]: the last line of a failed run's log."""
-    full, runs = rows[0], [e for r in rows for e in results.get(r, {}).values()]
+    dict; failures[row][seed]: the last line of a failed run's log; against: see paired_with."""
+    full, runs = paired_with(rows, against), [e for r in rows for e in results.get(r, {}).values()]
     metrics = model_metrics(runs)
     line = lambda *cells: "| " + " | ".join(cells) + " |"
     header = [line("row", "n", *metrics), "|---" * (len(metrics) + 2) + "|"]
@@ -115,7 +122,7 @@ def format_table(title, rows, results, failures):
         out += ["", f"Paired difference, row − {full} (mean over the seeds both finished; 95% t interval; "
                     "* where it excludes 0):", ""] + header
         base = results.get(full, {})
-        for row in rows[1:]:
+        for row in [r for r in rows if r != full]:
             got = results.get(row, {})
             cells = [format_difference(paired_difference(column(results, row, m), column(results, full, m)))
                      for m in metrics]
@@ -131,8 +138,9 @@ def format_table(title, rows, results, failures):
     return "\n".join(out) + "\n"
 
 
-def plot(path, tables, results):
-    """One panel per table and model metric, one bar per row (the full model orange): mean, sd as the error bar."""
+def plot(path, tables, results, against=None):
+    """One panel per table and model metric, one bar per row (the row the others are paired with orange: the full
+    model, or `against`): mean, sd as the error bar."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,7 +154,7 @@ def plot(path, tables, results):
         stats = [mean_sd(list(v.values())) if (v := column(results, r, metric)) else (math.nan, math.nan)
                  for r in rows]
         ax.bar(range(len(rows)), [m for m, _ in stats], yerr=[0 if math.isnan(sd) else sd for _, sd in stats],
-               capsize=3, color=["C1"] + ["C0"] * (len(rows) - 1))
+               capsize=3, color=["C1" if r == paired_with(rows, against) else "C0" for r in rows])
         ax.set_xticks(range(len(rows)), rows, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{title}: {metric}", fontsize=8)
     fig.tight_layout()
@@ -209,6 +217,8 @@ def parse(argv):
     p.add_argument("--iteration", type=int, help="training iterations of every run (default: the script's preset)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one CPU thread each (default 2)")
     p.add_argument("--out", help="default runs/ablation/<script>/")
+    p.add_argument("--against", metavar="ROW", help="pair the rows of ROW's table with ROW (run too) instead of "
+                                                    "the full model, e.g. with the row without attention")
     args = p.parse_args(argv)
     args.script = args.script.removesuffix(".py")
     if args.script not in SCRIPTS:
@@ -224,7 +234,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     ablations = importlib.import_module(args.script).ABLATIONS
-    tables = pick_rows(args.rows, ablations, args.script)
+    if args.against is not None and not any(args.against in rows for rows in ablations.values()):
+        raise UsageError(f"--against: unknown row {args.against!r}; {args.script}'s rows: "
+                         + ", ".join(json.dumps(r) for rows in ablations.values() for r in rows))
+    spec = args.rows if args.against is None or args.rows == "all" else f"{args.rows},{args.against}"
+    tables = pick_rows(spec, ablations, args.script)
     row_flags = {row: flags for t in tables for row, flags in ablations[t].items()}
     tail = [*(["--iteration", str(args.iteration)] if args.iteration else []), *args.extra]
     # Seed-major order: a stopped invocation leaves whole seeds of every row, which the paired differences can use.
@@ -302,7 +316,7 @@ def main(argv=None):
               f"continue with: {shlex.join(['python', 'benchmarks/ablation.py', *argv])}")
         return 128 + stop["signal"]
 
-    report = "\n".join(format_table(title, rows, results, failures) for title, rows in tables.items())
+    report = "\n".join(format_table(title, rows, results, failures, args.against) for title, rows in tables.items())
     print("\n" + report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(f"# {args.script}: ablation over seeds 0-{args.seeds - 1}\n\n" + report)
@@ -315,7 +329,7 @@ def main(argv=None):
     failed = [{"table": t, "row": row, "seed": seed, "error": failures[row][seed]}
               for t, row, seed in plan if seed in failures.get(row, {})]
     (args.out / "runs.json").write_text(json.dumps({"runs": numbers, "failed": failed}, indent=1) + "\n")
-    plot(args.out / "plot.png", tables, results)
+    plot(args.out / "plot.png", tables, results, args.against)
     retry = f"; {len(failed)} runs failed: run the same command again to retry them" if failed else ""
     print(f"wrote {args.out}/table.md, runs.csv, runs.json, plot.png{retry}")
     return 1 if failed else 0

@@ -60,6 +60,19 @@ def test_format_table():
     assert "identity/A2B/acc 0.167" in text and "| identity/" not in text  # a floor, not a model column
 
 
+def test_format_table_against_another_row():
+    # Pairing with "none" instead of the full model: per-seed differences full − none are 0.1 and 0.3 (mean 0.2,
+    # sd 0.141, half-width 12.706 · 0.141 / √2 = 1.271), ablated − none over seed 0 only 0.2 − 0.4 = −0.2.
+    results = {"full": {0: {"A2B/acc": 0.5}, 1: {"A2B/acc": 0.7}}, "ablated": {0: {"A2B/acc": 0.2}},
+               "none": {0: {"A2B/acc": 0.4}, 1: {"A2B/acc": 0.4}}}
+    text = ablation.format_table("Table 9", ["full", "ablated", "none"], results, {}, against="none")
+    assert "Paired difference, row − none" in text and "− full" not in text and "| none − none" not in text
+    assert "| full − none | n=2 | +0.200 [-1.071, +1.471] |" in text
+    assert "| ablated − none | n=1 | -0.200 (n/a) |" in text
+    assert ablation.format_table("T", ["full", "none"], results, {}, against="other") == \
+        ablation.format_table("T", ["full", "none"], results, {})  # a row of another table: the full model
+
+
 def test_a_failure_is_the_last_line_of_its_log(tmp_path):
     log = tmp_path / "log.txt"
     log.write_text("ugatit:  50%|#####     | 1/2\rugatit: 100%|##########| 2/2\nTraceback (most recent call last):\n"
@@ -91,6 +104,9 @@ def test_runs_tables_and_resume(tmp_path):
     again = runner(out, "--rows", "w/o CAM", "--seeds", "2", "--iteration", "2")
     assert again.returncode == 0 and "4 of 4 done; 0 to run" in again.stdout
     assert [r.stat().st_mtime_ns for r in results] == mtimes  # nothing ran again
+    against = runner(out, "--rows", "U-GAT-IT", "--seeds", "2", "--iteration", "2", "--against", "w/o CAM")
+    assert against.returncode == 0 and "4 of 4 done; 0 to run" in against.stdout  # --against's row comes along
+    assert "| U-GAT-IT − w/o CAM | n=2 |" in (out / "table.md").read_text()
 
     # A deleted result.json comes back from the run's log.jsonl without a run; a deleted run folder runs again, alone.
     (out / "w-o-CAM/seed1/result.json").unlink()
@@ -155,6 +171,8 @@ def test_bad_input_names_the_valid_choices(tmp_path):
     p = runner(tmp_path, "--rows", "w/o CAM,w/o XYZ")
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert "'w/o XYZ'" in p.stderr and '"w/o CAM"' in p.stderr and '"U-GAT-IT"' in p.stderr
+    p = runner(tmp_path, "--against", "w/o XYZ")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--against" in p.stderr and '"w/o CAM"' in p.stderr
 
 
 def test_row_names_may_hold_commas():
