@@ -106,7 +106,7 @@ def paired_with(rows, against):
 def format_table(title, rows, results, failures, against=None):
     """Markdown for one table. rows: its row names, the full model first; results[row][seed]: that run's eval
     dict; failures[row][seed]: the last line of a failed run's log; against: see paired_with."""
-    full, runs = paired_with(rows, against), [e for r in rows for e in results.get(r, {}).values()]
+    paired, runs = paired_with(rows, against), [e for r in rows for e in results.get(r, {}).values()]
     metrics = model_metrics(runs)
     line = lambda *cells: "| " + " | ".join(cells) + " |"
     header = [line("row", "n", *metrics), "|---" * (len(metrics) + 2) + "|"]
@@ -119,14 +119,14 @@ def format_table(title, rows, results, failures, against=None):
         for seed, error in sorted(failures.get(row, {}).items()):
             out.append(line(f"{row} (seed {seed})", "failed: " + error.replace("|", "/")))
     if len(rows) > 1 and metrics:
-        out += ["", f"Paired difference, row − {full} (mean over the seeds both finished; 95% t interval; "
+        out += ["", f"Paired difference, row − {paired} (mean over the seeds both finished; 95% t interval; "
                     "* where it excludes 0):", ""] + header
-        base = results.get(full, {})
-        for row in [r for r in rows if r != full]:
+        base = results.get(paired, {})
+        for row in [r for r in rows if r != paired]:
             got = results.get(row, {})
-            cells = [format_difference(paired_difference(column(results, row, m), column(results, full, m)))
+            cells = [format_difference(paired_difference(column(results, row, m), column(results, paired, m)))
                      for m in metrics]
-            out.append(line(f"{row} − {full}", f"n={len(got.keys() & base.keys())}", *cells))
+            out.append(line(f"{row} − {paired}", f"n={len(got.keys() & base.keys())}", *cells))
     references = {}
     for run in runs:
         for k, v in run.items():
