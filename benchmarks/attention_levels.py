@@ -3,6 +3,13 @@ attention map (on [0, 1], as the evaluation puts it) over object pixels and over
 fraction of object pixels above 0.5 (what the evaluation's IoU marks). A map can rank every object pixel above every
 background one (AUC 1) and still mark none of them: this says by how much it falls short.
 
+For the scripts whose output is a blend, y = x + a·(C − x) with content C in [−1, 1] (UAIT's Eq. 1; AttentionGAN's
+Eqs. 1-2, a the foreground's mass), it also prints the map's floor on the object: the smallest a with which any C in
+that range gives the same y. A map at its floor (map / floor 1) is as small as the generator's tanh lets it be: the
+translation comes from C at the edge of its range, not from the map. Beside it, the floor of a perfect translation
+(each object pixel turned into the mean colour of the other domain's objects): where that is below 0.5, a map at its
+floor cannot mark the object at the evaluation's threshold however well it translates.
+
     python benchmarks/attention_levels.py uait runs/uait/shapes/checkpoints/latest.pt
 """
 import argparse
@@ -20,16 +27,42 @@ from common.shapes import ShapesDomain  # noqa: E402
 from common.train import UsageError, build_parser, load_checkpoint, load_nets, our_nets  # noqa: E402
 
 
-def levels(model, direction, img_size, count=100):
-    domain = ShapesDomain(direction[0], "test", img_size)
+BLENDS = ("uait", "attentiongan")
+
+
+def floor(x, y):
+    """Per pixel, max over channels of |y − x| / (1 − x) where y > x and / (1 + x) where y < x: the room C − x has
+    towards the bound that y moves to."""
+    delta = y - x
+    room = torch.where(delta > 0, 1 - x, 1 + x).clamp(min=1e-6)
+    return (delta.abs() / room).amax(1, keepdim=True)
+
+
+def objects(side, img_size, count):
+    domain = ShapesDomain(side, "test", img_size)
     x = torch.stack([domain.get(i) for i in range(count)])
-    inside = torch.stack([domain.mask(i) for i in range(count)]) > 0.5
+    return x, torch.stack([domain.mask(i) for i in range(count)]) > 0.5
+
+
+def levels(model, direction, img_size, blend, count=100):
+    """The map's mean inside the object, outside, the share of object pixels above 0.5; for a blend, the floor's
+    mean inside, the median of map / floor inside, and a perfect translation's floor: each object pixel turned into
+    the mean colour of the other domain's test objects."""
+    x, inside = objects(direction[0], img_size, count)
     with torch.no_grad():
-        attention = model.translate(x, direction)[1]
+        y, attention = model.translate(x, direction)
     if attention is None:
         return None
     a = on_scale(F.interpolate(attention.float(), size=inside.shape[-2:], mode="bilinear"), model.attention_scale)
-    return float(a[inside].mean()), float(a[~inside].mean()), float((a[inside] > 0.5).double().mean())
+    got = [float(a[inside].mean()), float(a[~inside].mean()), float((a[inside] > 0.5).double().mean())]
+    if blend:
+        f = floor(x, y.float())[inside]
+        other, other_inside = objects(direction[2], img_size, count)
+        colour = other.movedim(1, -1)[other_inside[:, 0]].mean(0).view(1, 3, 1, 1)
+        perfect = floor(x, torch.where(inside, colour, x))[inside]
+        got += [float(f.mean()), float((a[inside] / f.clamp(min=1e-6)).median()), float(perfect.mean()),
+                float((perfect > 0.5).double().mean())]
+    return got
 
 
 def main():
@@ -53,10 +86,14 @@ def main():
         sys.exit(f"error: {e}")
     for net in model.nets.values():
         net.eval()
+    blend = opts.script in BLENDS
     print(f"{opts.script}, step {state['step']}: attention inside the object | outside | object pixels above 0.5")
     for direction in ("A2B", "B2A"):
-        got = levels(model, direction, args.img_size)
-        print(f"{direction}: " + ("no attention" if got is None else "{:.3f} | {:.3f} | {:.3f}".format(*got)))
+        got = levels(model, direction, args.img_size, blend)
+        print(f"{direction}: " + ("no attention" if got is None else "{:.3f} | {:.3f} | {:.3f}".format(*got[:3])))
+        if blend and got is not None:
+            print(f"{direction} floor inside the object: the map's {got[3]:.3f} (map / floor {got[4]:.2f}); a perfect "
+                  f"translation's {got[5]:.3f}, {got[6]:.0%} of object pixels above 0.5")
 
 
 if __name__ == "__main__":

@@ -414,6 +414,7 @@ def test_train_then_test_phase(tmp_path):
     with torch.no_grad():
         a = A_S(x)
     assert f"A2B: {a[inside].mean():.3f} | {a[~inside].mean():.3f} |" in out and "B2A: " in out
+    assert "A2B floor inside the object: the map's" in out and "B2A floor inside the object" in out
 
 
 def test_resume_with_a_larger_iteration_is_exact_across_the_switch_on_a_folder_dataset(tmp_path):
@@ -434,3 +435,24 @@ def test_resume_with_a_larger_iteration_is_exact_across_the_switch_on_a_folder_d
     assert "at iteration 4" in p.stdout and (split / "runs/uait/tiny/samples/0000012.png").exists()
     assert [r["step"] for r in losses(split, "tiny")] == list(range(1, 13))
     assert losses(split, "tiny") == losses(straight, "tiny")
+
+
+def test_the_floor_of_a_map_is_the_smallest_map_any_content_in_range_allows():
+    """benchmarks/attention_levels.py's floor against a brute-force search: the smallest a on a fine grid for which
+    C = x + (y − x)/a lies in [−1, 1] in every channel, with y made by Eq. (1) from a known map and content."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from attention_levels import floor
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 4, 4, generator=g, dtype=torch.float64) * 1.8 - 0.9
+    a = torch.rand(1, 1, 4, 4, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    C = torch.rand(1, 3, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    C[:, 0] = torch.where(C[:, 0] > 0, 1.0, -1.0)  # channel 0 at tanh's bound: a itself is the floor
+    y = x + a * (C - x)
+    assert torch.allclose(floor(x, y), a)
+    C_inside = C * 0.5  # content well inside the range: a smaller map would have done
+    y = x + a * (C_inside - x)
+    grid = torch.linspace(1e-4, 1, 10_000, dtype=torch.float64).view(-1, 1, 1, 1, 1)
+    feasible = ((x + (y - x) / grid).abs() <= 1).all(2, keepdim=True)  # grid × 1 × 1 × 4 × 4
+    smallest = torch.where(feasible, grid, 2.0).amin(0)
+    assert (smallest < a).all()
+    assert torch.allclose(floor(x, y), smallest, atol=1e-4)
