@@ -4,11 +4,12 @@ fraction of object pixels above 0.5 (what the evaluation's IoU marks). A map can
 background one (AUC 1) and still mark none of them: this says by how much it falls short.
 
 For the scripts whose output is a blend, y = x + a·(C − x) with content C in [−1, 1] (UAIT's Eq. 1; AttentionGAN's
-Eqs. 1-2, a the foreground's mass), it also prints the map's floor on the object: the smallest a with which any C in
-that range gives the same y. A map at its floor (map / floor 1) is as small as the generator's tanh lets it be: the
-translation comes from C at the edge of its range, not from the map. Beside it, the floor of a perfect translation
-(each object pixel turned into the mean colour of the other domain's objects): where that is below 0.5, a map at its
-floor cannot mark the object at the evaluation's threshold however well it translates.
+Eqs. 1-2, a the foreground's mass), it also prints the map's floor inside the object and outside: the smallest a
+with which any C in that range gives the same y. A map at its floor (map / floor 1) is as small as the generator's
+tanh lets it be: the translation comes from C at the edge of its range, not from the map. Far above its floor, C
+lies close to x and the map matters little to y. Beside them, the floor of a perfect translation (each object pixel
+turned into the mean colour of the other domain's objects): where that is below 0.5, a map at its floor cannot mark
+the object at the evaluation's threshold however well it translates.
 
     python benchmarks/attention_levels.py uait runs/uait/shapes/checkpoints/latest.pt
 """
@@ -46,8 +47,8 @@ def objects(side, img_size, count):
 
 def levels(model, direction, img_size, blend, count=100):
     """The map's mean inside the object, outside, the share of object pixels above 0.5; for a blend, the floor's
-    mean inside, the median of map / floor inside, and a perfect translation's floor: each object pixel turned into
-    the mean colour of the other domain's test objects."""
+    mean and the median of map / floor inside and outside, and a perfect translation's floor: each object pixel
+    turned into the mean colour of the other domain's test objects."""
     x, inside = objects(direction[0], img_size, count)
     with torch.no_grad():
         y, attention = model.translate(x, direction)
@@ -56,12 +57,13 @@ def levels(model, direction, img_size, blend, count=100):
     a = on_scale(F.interpolate(attention.float(), size=inside.shape[-2:], mode="bilinear"), model.attention_scale)
     got = [float(a[inside].mean()), float(a[~inside].mean()), float((a[inside] > 0.5).double().mean())]
     if blend:
-        f = floor(x, y.float())[inside]
+        f = floor(x, y.float())
         other, other_inside = objects(direction[2], img_size, count)
         colour = other.movedim(1, -1)[other_inside[:, 0]].mean(0).view(1, 3, 1, 1)
         perfect = floor(x, torch.where(inside, colour, x))[inside]
-        got += [float(f.mean()), float((a[inside] / f.clamp(min=1e-6)).median()), float(perfect.mean()),
-                float((perfect > 0.5).double().mean())]
+        for where in (inside, ~inside):
+            got += [float(f[where].mean()), float((a[where] / f[where].clamp(min=1e-6)).median())]
+        got += [float(perfect.mean()), float((perfect > 0.5).double().mean())]
     return got
 
 
@@ -92,8 +94,9 @@ def main():
         got = levels(model, direction, args.img_size, blend)
         print(f"{direction}: " + ("no attention" if got is None else "{:.3f} | {:.3f} | {:.3f}".format(*got[:3])))
         if blend and got is not None:
-            print(f"{direction} floor inside the object: the map's {got[3]:.3f} (map / floor {got[4]:.2f}); a perfect "
-                  f"translation's {got[5]:.3f}, {got[6]:.0%} of object pixels above 0.5")
+            print(f"{direction} floor: inside the object {got[3]:.3f} (map / floor {got[4]:.2f}), outside {got[5]:.3f} "
+                  f"(map / floor {got[6]:.2f}); a perfect translation's inside {got[7]:.3f}, {got[8]:.0%} of object "
+                  "pixels above 0.5")
 
 
 if __name__ == "__main__":
