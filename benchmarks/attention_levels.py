@@ -55,16 +55,17 @@ def levels(model, direction, img_size, blend, count=100):
     if attention is None:
         return None
     a = on_scale(F.interpolate(attention.float(), size=inside.shape[-2:], mode="bilinear"), model.attention_scale)
-    got = [float(a[inside].mean()), float(a[~inside].mean()), float((a[inside] > 0.5).double().mean())]
+    got = dict(inside=a[inside].mean(), outside=a[~inside].mean(), marked=(a[inside] > 0.5).double().mean())
     if blend:
         f = floor(x, y.float())
         other, other_inside = objects(direction[2], img_size, count)
         colour = other.movedim(1, -1)[other_inside[:, 0]].mean(0).view(1, 3, 1, 1)
         perfect = floor(x, torch.where(inside, colour, x))[inside]
-        for where in (inside, ~inside):
-            got += [float(f[where].mean()), float((a[where] / f[where].clamp(min=1e-6)).median())]
-        got += [float(perfect.mean()), float((perfect > 0.5).double().mean())]
-    return got
+        for name, where in (("inside", inside), ("outside", ~inside)):
+            got[f"floor_{name}"] = f[where].mean()
+            got[f"ratio_{name}"] = (a[where] / f[where].clamp(min=1e-6)).median()
+        got.update(perfect=perfect.mean(), perfect_marked=(perfect > 0.5).double().mean())
+    return {k: float(v) for k, v in got.items()}
 
 
 def main():
@@ -92,11 +93,13 @@ def main():
     print(f"{opts.script}, step {state['step']}: attention inside the object | outside | object pixels above 0.5")
     for direction in ("A2B", "B2A"):
         got = levels(model, direction, args.img_size, blend)
-        print(f"{direction}: " + ("no attention" if got is None else "{:.3f} | {:.3f} | {:.3f}".format(*got[:3])))
+        print(f"{direction}: " + ("no attention" if got is None else
+                                  "{inside:.3f} | {outside:.3f} | {marked:.3f}".format(**got)))
         if blend and got is not None:
-            print(f"{direction} floor: inside the object {got[3]:.3f} (map / floor {got[4]:.2f}), outside {got[5]:.3f} "
-                  f"(map / floor {got[6]:.2f}); a perfect translation's inside {got[7]:.3f}, {got[8]:.0%} of object "
-                  "pixels above 0.5")
+            print(f"{direction} floor: inside the object {got['floor_inside']:.3f} (map / floor "
+                  f"{got['ratio_inside']:.2f}), outside {got['floor_outside']:.3f} (map / floor "
+                  f"{got['ratio_outside']:.2f}); a perfect translation's inside {got['perfect']:.3f}, "
+                  f"{got['perfect_marked']:.0%} of object pixels above 0.5")
 
 
 if __name__ == "__main__":
