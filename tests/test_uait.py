@@ -415,6 +415,14 @@ def test_train_then_test_phase(tmp_path):
         a = A_S(x)
     assert f"A2B: {a[inside].mean():.3f} | {a[~inside].mean():.3f} |" in out and "B2A: " in out
     assert "A2B floor: inside the object" in out and "B2A floor: inside the object" in out
+    # A perfect translation's floor, written out per pixel: each apple pixel becomes the oranges' mean object colour.
+    oranges = ShapesDomain("B", "test", 32)
+    colour = torch.cat([oranges.get(i).double()[:, oranges.mask(i)[0] > 0.5] for i in range(100)], 1).mean(1)
+    needs = []
+    for s, m in zip(x.double(), inside):
+        for pixel in s[:, m[0]].T:
+            needs.append(max(abs(t - v) / ((1 - v) if t > v else (1 + v)) for v, t in zip(pixel, colour)))
+    assert f"a perfect translation's inside {sum(needs) / len(needs):.3f}" in out.split("B2A:")[0]
 
 
 def test_resume_with_a_larger_iteration_is_exact_across_the_switch_on_a_folder_dataset(tmp_path):
