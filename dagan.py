@@ -13,7 +13,7 @@ about (the geometric regulariser), and gives the distance d in which the latent 
 Map of the paper to this file:
     Eq. (1)  f_loc(E(X)) = centres (x_i, y_i)                    DAE.f_loc
     Eq. (2)  box edges from the centre and half-sizes (w, h)     DAE.boxes, --box_size
-    Eq. (3)  Inst_i = E(R_i), concatenated along channels       DAE.forward
+    Eq. (3)  Inst_i = E(R_i), concatenated along channels       DAE.attend_at
     Eq. (4)  M_i = soft box, σ with steepness k                 kernels/boxmask.py (box_crop, box_masks), --k
     §3.1     geometric regulariser E[d(Y, DAE(X))]               DAGAN.train_step ("cls"), Classifier
     Eq. (5)  L_cst = d(DAE(s), DAE(F(s)))                        DAGAN.train_step, --alpha
@@ -160,12 +160,17 @@ class DAE(nn.Module):
     def forward(self, X):
         if not self.attend:
             return self.E(X), None
-        centres, halves = self.boxes(X)
+        centres, _ = self.boxes(X)
+        return self.attend_at(X, centres), centres
+
+    def attend_at(self, X, centres):
+        """Eq. (3)-(4) with the boxes at `centres` (B×N×2): the N instances E(R_i), concatenated."""
+        halves = torch.full_like(centres, self.half)
         # Eq. (4) and R_i = X ∘ M_i on [0, 1] pixels: what the box leaves out is black (−1 here), as the target's
         # background, not the mid-grey 0 that X ∘ M_i gives on [-1, 1]. B×N×3×S×S.
         R = box_crop(X + 1, centres, halves, self.k) - 1
         inst = self.E(R.flatten(0, 1))            # Eq. (3): the same E on every region
-        return inst.view(len(X), -1, *inst.shape[2:]), centres
+        return inst.view(len(X), -1, *inst.shape[2:])
 
 
 class Generator(nn.Sequential):
@@ -312,7 +317,7 @@ class DAGAN:
         eroded = -F.max_pool2d(-hard, 3, 1, 1)
         edge = (hard - eroded).amax(1, keepdim=True)
         yellow = torch.tensor([1.0, 1.0, -1.0], device=x.device).view(1, 3, 1, 1)
-        regions = ((x + 1) * masks[:, i:i + 1] - 1 for i in range(masks.shape[1]))  # R_i, as DAE.forward
+        regions = ((x + 1) * masks[:, i:i + 1] - 1 for i in range(masks.shape[1]))  # R_i, as DAE.attend_at
         return [torch.where(edge > 0, yellow, x), *regions, y]
 
 

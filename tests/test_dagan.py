@@ -271,6 +271,53 @@ def test_paper_defaults_and_bad_flags():
             model(*argv)
 
 
+# --- benchmarks/dagan_boxes.py: where the losses want the box ---------------------------------------------------
+
+def boxes_probe():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import dagan_boxes
+    return dagan_boxes
+
+
+class KeptInk(torch.nn.Module):
+    """A stand-in classifier on E(R) = R: class 0's logit is the ink the box keeps (over 100, which keeps the
+    cross-entropy well away from 0 in float32), so label 0's cross-entropy falls as the box covers more ink."""
+
+    def forward(self, latent):
+        kept = (latent + 1).sum((1, 2, 3)) / 100
+        return torch.stack([kept] + [torch.zeros_like(kept)] * 9, 1)
+
+
+def test_the_box_landscape_is_lowest_with_the_box_on_the_ink():
+    """A Gaussian spot of ink 3 px right of the image centre and 5 px above it (x right, y down): the ink a box keeps
+    is a symmetric filter of the spot, highest with the box centred on it, so the grid's lowest cross-entropy must
+    sit at (+3, −5) px, 0 px from the spot, and the image centre √34 px from it."""
+    probe = boxes_probe()
+    m = model("--box_size", "0.25")
+    m.DAE.E, m.C = torch.nn.Identity(), KeptInk()
+    size, spot = 32, torch.tensor([3.0, -5.0]) * 2 / 32
+    u = (2 * torch.arange(size) + 1) / size - 1  # pixel centres, as kernels/boxmask
+    ink = torch.exp(-((u[None, :] - spot[0]) ** 2 + (u[:, None] - spot[1]) ** 2) / (2 * (3 / size) ** 2))  # sd 1.5 px
+    x = (2 * ink - 1).expand(1, 3, size, size)
+    points = probe.grid(6, size)
+    assert len(points) == 13 * 13
+    lowest = points[probe.landscape(m, x, torch.tensor([0]), points).argmin(1)]
+    assert torch.allclose(lowest * size / 2, torch.tensor([[3.0, -5.0]]))
+    assert probe.distance_px(lowest, spot, size).item() == pytest.approx(0, abs=1e-5)
+    assert probe.distance_px(torch.zeros(2), spot, size).item() == pytest.approx(34 ** 0.5)
+
+
+def test_the_digits_true_centre_is_the_middle_of_its_ink():
+    """true_centres against the middle of the pixels the labelled digit's ink covers, counted apart."""
+    from common.digits import DigitsDomain
+    probe = boxes_probe()
+    testA = DigitsDomain("A", "test", 32)
+    for i, centre in enumerate(probe.true_centres(testA, range(20))):
+        ys, xs = (testA.render(i)[1] > 0.05).nonzero(as_tuple=True)
+        middle = torch.stack([xs.min() + xs.max() + 1, ys.min() + ys.max() + 1]) / 32 - 1  # pixel i spans [i, i + 1)
+        assert probe.distance_px(centre, middle, 32) < 1
+
+
 # --- The script ----------------------------------------------------------------------------------------------
 
 def run(tmp_path, *args):
@@ -301,6 +348,19 @@ def test_cli_digits_train_resume_test(tmp_path):
     assert (straight / root / "samples/0000004.png").exists()
     run(straight, "--phase", "test")
     assert len(list((straight / root / "test/A2B").iterdir())) > 0 and not (straight / root / "test/B2A").exists()
+
+    # benchmarks/dagan_boxes.py on the same run: with f_loc's boxes and with the box left at the image centre, its
+    # distances and F's accuracy are the harness's evaluation (common.digits.report), computed apart
+    evaluation = [json.loads(l)["eval"] for l in (straight / root / "log.jsonl").read_text().splitlines()
+                  if "eval" in l][-1]
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/dagan_boxes.py"),
+                          str(straight / root / "checkpoints/latest.pt"), "--radius", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]] for line in out.splitlines()
+            if line.count("|") == 3}
+    assert rows["f_loc's centre"][0] == f"{evaluation['A2B/box_error_px']:.2f}"
+    assert rows["f_loc's centre"][2] == f"{evaluation['A2B/accuracy']:.3f}"
+    assert rows["the image centre"][0] == f"{evaluation['centred/A2B/box_error_px']:.2f}"
 
 
 def test_cli_on_folders_with_class_sub_folders(tmp_path):
