@@ -86,7 +86,7 @@ def measure(model, args, radius=4, batch=100):
     offsets around f_loc's centre and around the digit's (around_*, B × G); f_loc's and the digit's centres."""
     testA = load_data("digits", args.img_size, seed=args.seed)["testA"]
     scorers = Path(os.environ.get("ATTNGAN_SCORERS", Path(args.result_dir) / "scorers"))
-    judge = digits.classifier(scorers, args.img_size, args.seed, torch.device("cpu"))
+    judge = digits.classifier(scorers, args.img_size, 0, torch.device("cpu"))  # the harness's: seed 0 for every run
     x_all = torch.stack([testA.get(i) for i in range(len(testA))])
     y_all = torch.tensor([testA.label(i) for i in range(len(testA))])
     points = grid(radius, args.img_size)
