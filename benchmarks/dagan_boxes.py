@@ -64,6 +64,15 @@ def distance_px(a, b, size):
     return (a - b).norm(dim=-1) * size / 2
 
 
+def follows(boxes, digits):
+    """Per axis (x, y) of B × 2 centres: the least-squares slope of the boxes' centres on the digits' (1: the box
+    moves as the digit does, 0: it ignores it), their correlation, and the mean offset boxes − digits."""
+    b, d = boxes - boxes.mean(0), digits - digits.mean(0)
+    slope = (b * d).sum(0) / (d * d).sum(0)
+    correlation = (b * d).sum(0) / ((b * b).sum(0) * (d * d).sum(0)).sqrt()
+    return slope, correlation, (boxes - digits).mean(0)
+
+
 def load(path):
     state = load_checkpoint(path)
     nets = our_nets(state)
@@ -138,10 +147,11 @@ def main():
         print(f"the cross-entropy averaged over the images, the box at {around} + an offset: lowest at ({dx:+.0f}, "
               f"{dy:+.0f}) px, {mean.min():.3f}; at 0, 1 and 2 px {mean[ring == 0].item():.3f}, "
               f"{mean[ring == 1].mean():.3f}, {mean[ring == 2].mean():.3f}")
-    dx, dy = (got["floc"].mean(0) * size / 2).tolist()
-    print(f"f_loc's centres: mean ({dx:+.1f}, {dy:+.1f}) px from the image centre, sd across images "
-          f"{got['floc'].std(0).norm() * size / 2:.2f} px; the digits' centres' sd "
-          f"{got['digit'].std(0).norm() * size / 2:.2f} px")
+    slope, correlation, offset = follows(got["floc"], got["digit"])
+    print(f"f_loc's centre against the digit's, x and y: slope {slope[0]:.2f}, {slope[1]:.2f}; correlation "
+          f"{correlation[0]:.2f}, {correlation[1]:.2f}; mean offset {offset[0] * size / 2:+.1f}, "
+          f"{offset[1] * size / 2:+.1f} px; sd across images: f_loc's {got['floc'].std(0).norm() * size / 2:.2f} px, "
+          f"the digits' {got['digit'].std(0).norm() * size / 2:.2f} px")
 
 
 if __name__ == "__main__":

@@ -307,6 +307,24 @@ def test_the_box_landscape_is_lowest_with_the_box_on_the_ink():
     assert probe.distance_px(torch.zeros(2), spot, size).item() == pytest.approx(34 ** 0.5)
 
 
+def test_how_far_the_boxes_follow_the_digits_against_numpy():
+    """follows: per axis, numpy's least-squares line and correlation of the boxes' centres on the digits', in float64,
+    on boxes that follow x by half and ignore y, 0.1 below the digits on average."""
+    import numpy as np
+    probe = boxes_probe()
+    g = torch.Generator().manual_seed(0)
+    digits = torch.rand(200, 2, generator=g, dtype=torch.float64) - 0.5
+    boxes = torch.stack([0.5 * digits[:, 0], torch.zeros(200, dtype=torch.float64)], 1) \
+        + 0.05 * torch.randn(200, 2, generator=g, dtype=torch.float64) + torch.tensor([0.0, 0.1], dtype=torch.float64)
+    slope, correlation, offset = probe.follows(boxes, digits)
+    for axis in (0, 1):
+        b, d = boxes[:, axis].numpy(), digits[:, axis].numpy()
+        assert slope[axis].item() == pytest.approx(np.polyfit(d, b, 1)[0])
+        assert correlation[axis].item() == pytest.approx(np.corrcoef(d, b)[0, 1])
+        assert offset[axis].item() == pytest.approx((b - d).mean())
+    assert slope[0].item() == pytest.approx(0.5, abs=0.05) and abs(slope[1].item()) < 0.05
+
+
 def test_the_digits_true_centre_is_the_middle_of_its_ink():
     """true_centres against the middle of the pixels the labelled digit's ink covers, counted apart."""
     from common.digits import DigitsDomain
