@@ -41,8 +41,11 @@ Where the paper is silent, our choices (each a flag where it is a number):
   the target's digits. At 0.5 (S's labels, seed 0, 1000 iterations) the regulariser never left chance (its
   cross-entropy 2.29 at the end, ln 10 = 2.30) and F neither (accuracy 0.084), although a centred 0.5 box holds 74%
   of the SVHN-like digit's ink; at 0.75, 0.330.
-- f_loc: conv, BN, ReLU, global average pool, linear; the centres are tanh(--loc_gain · linear), the linear layer
-  starting at zero, so every box starts centred. Adam's steps in the weights do not depend on the gradient's scale,
+- f_loc (the paper gives no form): conv, BN, ReLU, then a head whose last linear layer starts at zero, so every box
+  starts centred; the centres are tanh(--loc_gain · head). --f_loc pool (the default, Table 1(a)'s): the features
+  averaged over the image, one linear layer. --f_loc fc: RA-CNN's form, two fully connected layers (hidden width
+  4ch) on the whole flattened map, which keeps where each feature is. --box_jitter (not in the paper) adds noise to
+  the centres in training; why, below. Adam's steps in the weights do not depend on the gradient's scale,
   so the gain multiplies how far a step moves the boxes. With --labels T, at the preset (1000 iterations, seed 0),
   --loc_gain 10 moved them 9.1 px (7.6 px with both domains' labels) from the labelled digit's centre, against 3.7
   px for a box left at the centre, and F collapsed (accuracy 0.10, the untranslated floor): the crop R_i = X ∘ M_i
@@ -98,6 +101,7 @@ DEFAULTS = {
     "box_size": (0.75, "our choice: fraction of the side the box covers (the docstring says why)"),
     "k": (20.0, "our choice: σ's steepness per normalised unit (the image spans 2 units)"),
     "loc_gain": (1.0, "our choice: f_loc's centres are tanh(loc_gain · linear(·)) (the docstring says why)"),
+    "box_jitter": (0.0, "our choice, not in the paper: noise on the centres in training (the docstring says why)"),
     "alpha": (10.0, "α of Eq. 9; our choice, the paper gives none (the docstring says why)"),
     "beta": (1.0, "β of Eq. 9; our choice, the paper gives none"),
     "cls_weight": (1.0, "weight of the geometric regulariser; our choice"),
@@ -141,13 +145,20 @@ class DAE(nn.Module):
     """The Deep Attention Encoder, §3.1. forward(X) -> (the N instance features concatenated, N·4ch × S/4 × S/4;
     the box centres, B×N×2). With attend=False (Table 1a, w/o DAE) it is E(X) alone and there are no boxes."""
 
-    def __init__(self, ch, n_boxes, box_size, k, loc_gain, attend=True):
+    def __init__(self, args):
         super().__init__()
+        ch, n_boxes = args.ch, args.n_boxes
         self.E = encoder(ch)
-        self.attend, self.n_boxes, self.half, self.k, self.loc_gain = attend, n_boxes, box_size, k, loc_gain
-        if attend:
-            self.f_loc = nn.Sequential(*block(4 * ch, 4 * ch, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                       nn.Linear(4 * ch, 2 * n_boxes))
+        self.attend, self.n_boxes, self.half, self.k = args.dae, n_boxes, args.box_size, args.k
+        self.loc_gain, self.jitter = args.loc_gain, args.box_jitter * 2 / args.img_size  # pixels -> [-1, 1] units
+        if self.attend:
+            # "pool": the feature map averaged over its positions, then a linear layer. "fc": RA-CNN's form, two fully
+            # connected layers on the whole flattened map, which keeps where in the image each feature is.
+            conv = block(4 * ch, 4 * ch, 3, 1)
+            head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * ch, 2 * n_boxes)] if args.f_loc == "pool" \
+                else [nn.Flatten(), nn.Linear(4 * ch * (args.img_size // 4) ** 2, 4 * ch), nn.ReLU(),
+                      nn.Linear(4 * ch, 2 * n_boxes)]
+            self.f_loc = nn.Sequential(*conv, *head)
             nn.init.zeros_(self.f_loc[-1].weight)  # every box starts at the centre
             nn.init.zeros_(self.f_loc[-1].bias)
 
@@ -161,6 +172,8 @@ class DAE(nn.Module):
         if not self.attend:
             return self.E(X), None
         centres, _ = self.boxes(X)
+        if self.training and self.jitter:  # --box_jitter: f_loc descends the losses smoothed over nearby boxes
+            centres = (centres + self.jitter * torch.randn_like(centres)).clamp(-1, 1)
         return self.attend_at(X, centres), centres
 
     def attend_at(self, X, centres):
@@ -221,7 +234,7 @@ class DAGAN:
     attention_scale = "probability"  # the union of Eq. 4's soft masks, clamped at 1 (common.metrics)
 
     def __init__(self, args, device):
-        self.DAE = DAE(args.ch, args.n_boxes, args.box_size, args.k, args.loc_gain, attend=args.dae).to(device)
+        self.DAE = DAE(args).to(device)
         latent = 4 * args.ch * (args.n_boxes if args.dae else 1)
         self.G = Generator(latent, args.ch, args.n_res).to(device)
         self.C = Classifier(latent, args.ch).to(device)
@@ -330,6 +343,10 @@ def add_arguments(parser):
     arg("--box_size", float, "side of each box as a fraction of the image side (Eq. 2's 2w, 2h)")
     arg("--k", float, "steepness of the soft box edge, Eq. 4")
     arg("--loc_gain", float, "gain of f_loc's output before its tanh: how fast the boxes move (Eq. 1)")
+    parser.add_argument("--f_loc", choices=("pool", "fc"), default="pool",
+                        help="f_loc's head (Eq. 1): pool (average the features over the image, then a linear layer; "
+                             "default) or fc (RA-CNN's two fully connected layers on the flattened features)")
+    arg("--box_jitter", float, "sd in pixels of the noise added to the box centres in training (0: none)")
     arg("--alpha", float, "weight of the consistency loss, Eq. 9")
     arg("--beta", float, "weight of the symmetry loss, Eq. 9")
     arg("--cls_weight", float, "weight of the geometric regulariser (the classifier on DAE(X))")
@@ -349,6 +366,8 @@ def make_model(args, device):
         raise UsageError(f"--k {args.k}: the edge steepness must be positive")
     if args.loc_gain <= 0:
         raise UsageError(f"--loc_gain {args.loc_gain}: the gain must be positive (at 0 the boxes never move)")
+    if args.box_jitter < 0:
+        raise UsageError(f"--box_jitter {args.box_jitter}: use a standard deviation in pixels, 0 or more")
     if args.img_size % 8:
         raise UsageError(f"--img_size {args.img_size}: use a multiple of 8 (D halves it three times)")
     return DAGAN(args, device)

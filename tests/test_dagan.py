@@ -202,6 +202,42 @@ def test_centres_are_eq1_from_f_loc():
     torch.testing.assert_close(m.DAE.boxes(x)[0], torch.tanh(3 * linear(h)).view(4, 1, 2))
 
 
+def test_centres_are_eq1_from_the_fc_f_loc():
+    """--f_loc fc written out: conv, BN, ReLU, then the whole flattened map through linear, ReLU, linear, tanh of
+    --loc_gain times it; unlike the pooled head, it can tell a digit on the left from one on the right."""
+    m = model("--f_loc", "fc", "--loc_gain", "3")
+    conv, bn, _, _, first, _, last = m.DAE.f_loc
+    assert first.in_features == 4 * 4 * 8 * 8 and first.out_features == 4 * 4  # ch 4: 4ch × (32 / 4)² -> 4ch
+    assert torch.equal(m.DAE.boxes(torch.rand(2, 3, 32, 32))[0], torch.zeros(2, 1, 2))  # boxes start centred
+    torch.nn.init.normal_(last.weight, 0, 0.5)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    h = torch.relu(bn(conv(m.DAE.E(x)))).flatten(1)
+    torch.testing.assert_close(m.DAE.boxes(x)[0], torch.tanh(3 * last(torch.relu(first(h)))).view(4, 1, 2))
+
+
+def test_box_jitter_moves_the_crops_in_training_only():
+    """--box_jitter 3: in training the crop is taken at f_loc's centres plus Gaussian noise of sd 3 px (3 · 2 / 32 in
+    [-1, 1] units); in eval mode at f_loc's centres, every time."""
+    m = model("--box_jitter", "3")
+    torch.nn.init.normal_(m.DAE.f_loc[-1].weight, 0, 0.05)  # off the centre, far from the clamp at ±1
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    m.DAE.eval()
+    centres = m.DAE.boxes(x)[0]
+    latent, returned = m.DAE(x)
+    assert torch.equal(returned, centres) and returned.abs().min() > 0
+    torch.testing.assert_close(latent, m.DAE.attend_at(x, centres))
+    m.DAE.train()
+    torch.manual_seed(1)
+    latent, jittered = m.DAE(x)
+    centres = m.DAE.boxes(x)[0]  # train-mode BN: the same batch statistics
+    torch.manual_seed(1)
+    expected = (centres + 3 * 2 / 32 * torch.randn(4, 1, 2)).clamp(-1, 1)
+    torch.testing.assert_close(jittered, expected)
+    torch.testing.assert_close(latent, m.DAE.attend_at(x, expected))
+    noise = torch.cat([m.DAE(x)[1] - centres for _ in range(200)]) * 32 / 2  # in pixels
+    assert noise.std().item() == pytest.approx(3, rel=0.1)
+
+
 def smooth(net):
     """net with every ReLU replaced by softplus: a loss without kinks, which finite differences can follow."""
     for name, child in net.named_children():
@@ -260,12 +296,12 @@ def test_without_dae_there_are_no_boxes():
 def test_paper_defaults_and_bad_flags():
     a = make_args()
     assert (a.lr, a.batch_size, a.n_boxes, a.img_size, a.decay_flag) == (2e-4, 64, 1, 32, False)
-    assert (a.alpha, a.beta, a.loc_gain) == (10, 1, 1)  # our choices, the docstring says why
+    assert (a.alpha, a.beta, a.loc_gain, a.f_loc, a.box_jitter) == (10, 1, 1, "pool", 0)  # ours: the docstring
     assert a.dae and a.cst and a.sym and a.D2 and a.labels == "S"  # §4.3: the source domain's labels only
     for opt in model().optimizers.values():
         assert opt.param_groups[0]["betas"] == (0.5, 0.999)
     for argv, message in ((["--box_size", "0"], "--box_size 0"), (["--k", "-1"], "--k -1.0"),
-                          (["--loc_gain", "0"], "--loc_gain 0.0"),
+                          (["--loc_gain", "0"], "--loc_gain 0.0"), (["--box_jitter", "-1"], "--box_jitter -1.0"),
                           (["--n_boxes", "0"], "--n_boxes 0"), (["--img_size", "36"], "--img_size 36")):
         with pytest.raises(UsageError, match=message):
             model(*argv)
