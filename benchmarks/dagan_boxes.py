@@ -19,7 +19,6 @@ import argparse
 import math
 import os
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dagan  # noqa: E402
 from common import digits  # noqa: E402
 from common.data import load_data  # noqa: E402
-from common.train import UsageError, load_checkpoint, load_nets, our_nets  # noqa: E402
+from common.train import UsageError, build_parser, load_checkpoint, load_nets, our_nets  # noqa: E402
 
 
 def grid(radius, size):
@@ -78,7 +77,10 @@ def load(path):
     nets = our_nets(state)
     if nets is None:
         raise UsageError(f"{path}: not one of our checkpoints")
-    args = Namespace(**state["args"])
+    parser = build_parser("dagan", "", dagan.DEFAULTS)
+    dagan.add_arguments(parser)
+    args = parser.parse_args([])  # today's defaults for a flag the run's version did not have
+    args.__dict__.update(state["args"])
     if not args.dae or args.n_boxes != 1 or args.dataset != "digits":
         raise UsageError(f"{path}: needs a DA-GAN run with its one box (--dae True --n_boxes 1) on the digits, "
                          f"whose labelled digit's box is known")
