@@ -1,22 +1,22 @@
 """Where DA-GAN's own losses want its box, and what a box on the labelled digit would buy a trained model. On the
-digits test set of A (SVHN-like), the trained networks of one run score the box at three places, each image's
-(f_loc's, as trained; the image centre; the labelled digit's true centre) and at every centre of a grid around the
-image centre:
+digits test set of A (SVHN-like), the trained networks of one run put each image's box at f_loc's centre (as
+trained), at the image centre and at the labelled digit's true centre, and on grids of offsets (every pixel within
+--radius) around f_loc's centre and around the digit's, and read there:
 - the geometric regulariser (§3.1): the classifier's cross-entropy on DAE(X) against the label. It is the one term
   of Eq. 9 that knows which digit of s the label names, so the box follows the digit only as far as this landscape
-  falls towards it. Per image, the grid's lowest point is where the regulariser, as trained, would put the box;
-  averaged over the images on a grid around each digit's centre, it says whether the box is drawn to the digit at
-  all (lowest at offset 0) and how steeply (the rise 2 px away).
+  falls towards it. Averaged over the images, the grid around f_loc's centre says whether the box sits in a well
+  (the cross-entropy rising at the offsets about 1 and 2 px away, those whose distance rounds to 1 and 2), the grid
+  around the digit's whether the regulariser is drawn to the digit (lowest at offset 0).
 - §4.3's accuracy of F(x) = G(DAE(x)) with the box there: what moving the box onto the digit changes in the output
-  of the same G. A G trained on crops near the centre meets an unfamiliar crop when the box moves, so this is a
-  lower bound on what a box that moved in training would give.
-Distances are in pixels to the centre of the labelled digit's box; the paired differences (the digit's centre minus
-the image centre, per image) carry a 95% t interval.
+  of the same G. G was trained on the crops f_loc made, so this likely understates what boxes that had moved in
+  training would give.
+Then how far f_loc's boxes follow the digits: per axis, the least-squares slope and the correlation of the box's
+centre on the digit's, and their mean offset. Distances are in pixels; the differences "box on the digit minus box at
+f_loc's centre" are paired by image, with a 95% t interval.
 
     python benchmarks/dagan_boxes.py runs/dagan/digits/checkpoints/latest.pt
 """
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
