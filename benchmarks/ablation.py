@@ -171,7 +171,9 @@ def slug(name):
 def pick_rows(spec, ablations, script):
     """--rows: row or table names joined by commas, where a name may hold a comma itself (GuideGAN's "RAM, RGBA"):
     the longest run of pieces that spells a name wins. A table's name picks all its rows; each picked row brings its
-    table's full model (the differences need it)."""
+    table's full model (the differences need it). A minus sign as the docs' tables print it ("Ours−cycle") is the
+    row's hyphen."""
+    spec = spec.replace("\u2212", "-")
     names = {row: [row] for rows in ablations.values() for row in rows} | {t: list(r) for t, r in ablations.items()}
     if spec == "all":
         return {table: list(rows) for table, rows in ablations.items()}

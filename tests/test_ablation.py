@@ -187,3 +187,8 @@ def test_a_table_name_picks_all_its_rows():
     tables = ablation.pick_rows("Table 1 (unsupervised),RAM, RGBA", guidegan.ABLATIONS, "guidegan")
     assert tables == {"Table 2 (supervised)": ["post hoc, residual", "RAM, RGBA"],
                       "Table 1 (unsupervised)": list(guidegan.ABLATIONS["Table 1 (unsupervised)"])}
+
+
+def test_rows_may_be_typed_with_the_minus_sign_the_docs_print():
+    import uait
+    assert ablation.pick_rows("Ours\u2212cycle", uait.ABLATIONS, "uait") == {"Table 2": ["Ours", "Ours-cycle"]}
