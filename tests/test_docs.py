@@ -115,7 +115,7 @@ def commands(line):
             script = next(i for i, a in enumerate(argv) if a.endswith(".py"))
             argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:script],
                     *tiny(["python", *argv[script:]])[1:]]
-        elif argv[0] not in ("cp", "bash"):
+        elif argv[0] not in ("cp", "mkdir", "bash"):
             pytest.fail(f"{line!r}: a command this test does not know how to run; see its docstring")
         if argv:
             out.append((argv, env))
