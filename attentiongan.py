@@ -164,9 +164,10 @@ def curriculum_r(progress, curriculum_epochs, epochs):
 
 # --- The authors' checkpoints -----------------------------------------------------------------------------------
 # Ha0Tang/AttentionGAN saves CycleGAN-style files, <epoch>_net_G_A.pth (G_A: A → B) and _net_G_B.pth, one state
-# dict each. Scheme II's keys (shared/reference/attentiongan-state-dict-G.txt) -> ours. Our encoder is
-# [pad, conv7, IN, ReLU, conv3 s2, IN, ReLU, conv3 s2, IN, ReLU, blocks...], a decoder [convT, IN, ReLU, convT, IN,
-# ReLU, pad, conv]; their residual block's conv1/conv2 are our conv_block.1/.5 (between them: IN, ReLU, pad).
+# dict each. Scheme II's keys (the authors' released parameter listing, tests/data/attentiongan-state-dict-G.txt)
+# -> ours. Our encoder is [pad, conv7, IN, ReLU, conv3 s2, IN, ReLU, conv3 s2, IN, ReLU, blocks...], a decoder
+# [convT, IN, ReLU, convT, IN, ReLU, pad, conv]; their residual block's conv1/conv2 are our conv_block.1/.5 (between
+# them: IN, ReLU, pad).
 AUTHORS_KEYS = [
     (r"^conv([123])\.", lambda m: f"encoder.{3 * int(m[1]) - 2}."),
     (r"^resnet_blocks\.(\d+)\.conv([12])\.", lambda m: f"encoder.{10 + int(m[1])}.conv_block.{4 * int(m[2]) - 3}."),

@@ -59,10 +59,9 @@ DEFAULTS = {
     "masked_fake": ("composite", "authors' code: stage 2's D_T sees s' where A_S(s) > τ (§3.2's text); Eq. 6 prints "
                                  "F_ST(s)"),
 }
-# `python uait.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes. One iteration
-# costs 0.23 s there (benchmarks/train_step.py uait --img_size 64 --ch 16 --n_res 3), so 2000 take about 8 minutes.
-# The switch comes at 60% of them, not the paper's 30%: the maps are still soft then and freeze where they are, and
-# at 60% the translation and the B2A map measured better in both seeds tried (README, "The switch and τ on shapes").
+# `python uait.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes. The switch comes
+# at 60% of them, not the paper's 30%: the maps are still soft at 30% and would freeze where they are
+# (docs/uait.md, "The switch and the threshold").
 SHAPES_PRESET = dict(img_size=64, ch=16, n_res=3, iteration=2000, print_freq=200, save_freq=500, switch_epoch=60)
 # Table 2's rows for benchmarks/ablation.py: row -> the flags that make it, the full model first; "CycleGAN" is the
 # no-attention row (all-ones maps, whole-image discriminators: §3.1).

@@ -295,13 +295,11 @@ class UGATIT:
 
     def d_loss(self, D, real, fake):
         """For one discriminator: Eq. (2) on its patch logits and Eq. (6) on its CAM logits, both LSGAN with
-        real → 1, fake → 0 (the paper prints the targets swapped; see papers/README.md). Real and fake go through
-        D as one batch, at the cost of one pass: D has no batch statistics, so the logits are those of two passes,
-        except that spectral norm takes one power-iteration step per forward, one per D update here and two in the
-        authors' code (D(real), then D(fake)). Measured on the shapes preset (benchmarks/sn_passes.py --steps 1000
-        --every 100, seed 0): the worst |σ̂/σ − 1| over the discriminators' layers averaged 0.031 at iterations
-        100-1000, against 0.019 with two passes, and the D and G_adv losses stayed within each other's step-to-step
-        spread."""
+        real → 1, fake → 0 (the paper prints Eq. 2 and 6 with the targets swapped, real → 0, fake → 1; the
+        authors' code uses real → 1). Real and fake go through D as one batch, at the cost of one pass: D has no
+        batch statistics, so the logits are those of two passes, except that spectral norm takes one power-iteration
+        step per forward, one per D update here and two in the authors' code (D(real), then D(fake)). How much σ's
+        estimate differs is measured with benchmarks/sn_passes.py (docs/ugatit.md, "Investigations")."""
         logit, cam, _ = D(torch.cat([real, fake]))
         n = len(real)
         loss = lsgan(logit[:n], 1) + lsgan(logit[n:], 0)

@@ -117,7 +117,7 @@ def test_paper_hyperparameters_are_the_defaults():
         assert opt.param_groups[0]["betas"] == (0.5, 0.999) and opt.param_groups[0]["weight_decay"] == 0
     preset = parse_args(parser, [], uait.SHAPES_PRESET)
     assert preset.dataset == "shapes" and preset.img_size == 64 and preset.iteration == uait.SHAPES_PRESET["iteration"]
-    assert preset.switch_epoch == 60  # the preset's own switch (README); real data keeps the paper's 30
+    assert preset.switch_epoch == 60  # the preset's own switch (docs/uait.md); real data keeps the paper's 30
 
 
 @pytest.mark.parametrize("argv, message", [(["--tau", "0"], "--tau 0"), (["--tau", "1.5"], "--tau 1.5"),

@@ -220,8 +220,9 @@ def test_save_load_gives_identical_outputs(tmp_path):
         assert torch.equal(m.nets[D](x)[0], m2.nets[D](x)[0])
 
 
-# --- A single-colour image (issue 15): every map of the generator is constant, and its 21 norms at n_res 4 used to
-# multiply the gradient by 1/sqrt(ε) = 316 each, to inf and NaN. ch 8, n_res 4 is the smallest net we saw overflow.
+# --- A single-colour image: every map of the generator is constant. An instance norm that back-propagates through a
+# constant map multiplies the gradient by 1/sqrt(ε) = 316, and 21 such norms at n_res 4 overflow to inf and NaN;
+# common.blocks.InstanceNorm2d gives 0 and no gradient there. ch 8, n_res 4 is the smallest net we saw overflow.
 
 def test_instance_norm_of_a_constant_map_is_zero_without_gradient():
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
@@ -262,7 +263,8 @@ def test_a_single_colour_image_gives_finite_and_exact_gradients():
 
 
 def test_training_on_single_colour_images_keeps_every_loss_finite(tmp_path):
-    """Issue 15's trainA, end to end: a grey 64×64, a 1×1 and a 1×5000 image (each resized to a constant crop)."""
+    """A trainA of single-colour images, end to end: a grey 64×64, a 1×1 and a 1×5000 image (each resized to a
+    constant crop)."""
     data = tmp_path / "solid"
     for domain in ("trainA", "trainB"):
         (data / domain).mkdir(parents=True)
