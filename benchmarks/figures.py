@@ -1,4 +1,4 @@
-"""The README's figure of each paper: the script's CPU preset trained with seed 0, its last sample grid (input,
+"""The docs' figure of each paper: the script's CPU preset trained with seed 0, its last sample grid (input,
 attention, output; for DA-GAN the boxes) copied to docs/figures/<script>.png.
 
     python benchmarks/figures.py                  # all five papers, one after another (about 30 minutes on 2 cores)

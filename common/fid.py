@@ -37,7 +37,7 @@ from common.data import DataError, FolderDomain, download_limits, fetch
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 FEATURES = 2048
 SUBSETS = 100  # torch-fidelity's default number of KID subsets
-SUBSET_SIZE = 1000  # the original KID subset size; smaller test sets use the whole set (reference README)
+SUBSET_SIZE = 1000  # KID's subset size as its authors computed it; smaller test sets use the whole set
 
 
 class FIDError(DataError):

@@ -116,7 +116,7 @@ def build_parser(name, description, defaults):
                    help="mixed precision for training (common.amp): bf16, fp16 with loss scaling, or off, the papers' "
                         "float32 (default off, on every device)")
     add_bool(p, "--deterministic", False, "on CUDA: deterministic algorithms, so that --resume continues bit for bit, "
-             "at some speed (without it cuDNN benchmarks each conv's algorithm and picks the fastest; see README)")
+             "at some speed (without it cuDNN benchmarks each conv's algorithm and picks the fastest; see docs/training.md)")
     p.add_argument("--kernels", choices=("auto", "torch", "triton"), default=None,
                    help="fused ops: Triton kernels or the PyTorch references (sets ATTNGAN_KERNELS; default auto: "
                         "Triton on CUDA)")

@@ -1,4 +1,4 @@
-"""Fused ops for the GPU hot path, one op per file (see DESIGN.md, "kernels/").
+"""Fused ops for the GPU hot path, one op per file (docs/kernels.md says what each fuses and what it saves).
 
 Each op file holds a readable PyTorch reference (the CPU path and the spec the kernels are tested against), the
 Triton kernels, an autograd.Function joining them, and one public function that picks the implementation.

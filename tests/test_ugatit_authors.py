@@ -1,7 +1,7 @@
 """The authors' UGATIT-pytorch checkpoints (znxlwm, b8c4251) against ugatit.py.
 
-Their architecture is written down in the reference notes (the project's shared/reference/README.md, "U-GAT-IT") and their
-parameter listings at 256 px, ch 64, n_res 4 (ugatit-pytorch-state-dict-{light,full}.txt). Here:
+Their architecture is read from their code at that commit, and their parameter listings at 256 px, ch 64, n_res 4
+are in tests/data/ (ugatit-pytorch-state-dict-{light,full}.txt). Here:
 
 - `authors_shapes` rebuilds their state-dict layout from that description, and must reproduce both listings;
 - `from_authors` must map every one of their keys onto a key of ours with the same shape, covering all of ours;
