@@ -1,14 +1,13 @@
 """DA-GAN: Instance-level Image Translation by Deep Attention Generative Adversarial Networks. Shuang Ma,
-Jianlong Fu, Chang Wen Chen, Tao Mei. CVPR 2018, arXiv:1802.06454.
+Jianlong Fu, Chang Wen Chen, Tao Mei. CVPR 2018, arXiv:1802.06454. No code was released.
 
 The idea. A set-level GAN makes F(s) look like the target set, but nothing ties the parts of s to the parts of F(s).
 DA-GAN first encodes an image as a few attended instances: an encoder E reads X, a localisation head f_loc places N
 boxes on it, a soft, differentiable box mask cuts each region R_i = X ∘ M_i out, and E encodes each region again;
-these instance features, side by side, are the Deep Attention Encoder's code DAE(X). The generator G decodes that
-code, F = G ∘ DAE. The constraints then act on instances, in the DAE's latent space: F(s) must encode like s
-(consistency), F(t) must encode like t (symmetry: F maps T onto itself), and two discriminators judge F(s) and F(t)
-against t. A classifier on DAE(X), trained with the images' labels, makes the boxes land on what the label is
-about (the geometric regulariser), and gives the distance d in which the latent codes are compared.
+these instance features, side by side, are the Deep Attention Encoder's code DAE(X), and F = G ∘ DAE. The
+constraints act on instances: F(s) must encode like s (consistency), F(t) like t (symmetry), and two discriminators
+judge F(s) and F(t) against t. A classifier on DAE(X), trained with the labels, makes the boxes land on what the
+label is about (the geometric regulariser) and gives the distance d in which the codes are compared.
 
 Map of the paper to this file:
     Eq. (1)  f_loc(E(X)) = centres (x_i, y_i)                    DAE.f_loc, --f_loc (--box_jitter: ours)
@@ -16,79 +15,33 @@ Map of the paper to this file:
     Eq. (3)  Inst_i = E(R_i), concatenated along channels       DAE.attend_at
     Eq. (4)  M_i = soft box, σ with steepness k                 kernels/boxmask.py (box_crop, box_masks), --k
     §3.1     geometric regulariser E[d(Y, DAE(X))]               DAGAN.train_step ("cls"), Classifier
-    Eq. (5)  L_cst = d(DAE(s), DAE(F(s)))                        DAGAN.train_step, --alpha
-    Eq. (6)  L_sym = d(DAE(t), DAE(F(t)))                        DAGAN.train_step, --beta
-    Eq. (7)  L_GAN^s: D1 on t against F(s)                        DAGAN.train_step
-    Eq. (8)  L_GAN^t: D2 on t against F(t)                        DAGAN.train_step, --D2
+    Eq. (5)  L_cst = d(DAE(s), DAE(F(s))); Eq. (6) L_sym         DAGAN.train_step, --alpha, --beta
+    Eq. (7)  L_GAN^s: D1 on t against F(s); Eq. (8) D2 on F(t)   DAGAN.train_step, --D2
     Eq. (9)  the full objective (its L_sys is Eq. 6's L_sym)     DAGAN.train_step
     Eq. (10) F = DAE ∘ G minimises, D1 and D2 maximise           DAGAN.train_step: F first, then D1, D2
     §3.4     G (residual blocks, nearest up-sampling + 3×3 conv, BN, ReLU), D (down-sampling blocks, one FC unit)
-    Table 1(a) ablations                                         --dae, --cst, --sym, --D2
-    Table 4  MNIST & SVHN: 10 labels, 1 box, d = "ResBlock"      --n_boxes 1, Classifier
+    Table 1(a) ablations: --dae, --cst, --sym, --D2.  Table 4: 10 labels, 1 box, d = "ResBlock": --n_boxes 1
+A is S (the source: SVHN-like digits in the embedded `digits` data), B is T (MNIST-like); one mapping, A2B only.
 
-Domains: A is S (the source: SVHN-like digits in the embedded `digits` data), B is T (the target: MNIST-like). The
-paper learns one mapping, S -> T, so this script translates A2B only.
-
-Where the paper is silent, our choices (each a flag where it is a number):
-- Units and k. Centres live in the normalised coordinates of kernels/boxmask.py (the image spans [-1, 1]), so k is
-  per unit and means the same edge at every size: k = 20 makes an edge rise from 12% to 88% over 4/k = 0.2 units, a
-  tenth of the side (3.2 px at 32 px), wide enough that several pixels pass gradient to the centre. RA-CNN's k = 10
-  is per pixel, which at 32 px is an edge of 0.4 px: almost no gradient.
-- Box size. Eq. (2) writes w and h as "half of the width and half of the height of X"; we read them as the box's
-  half-width and half-height, fixed (f_loc predicts centres only, Eq. 1), at --box_size 0.75 of the side: the box
-  must hold a whole digit of either domain, since DAE(t) is all that G sees of t (Eq. 6) and MNIST-like digits span
-  up to 0.7 of the side. Read literally (a box as large as X, --box_size 1), the box can only shift; at 0.5 it cut
-  the target's digits. At 0.5 (S's labels, seed 0, 1000 iterations) the regulariser never left chance (its
-  cross-entropy 2.29 at the end, ln 10 = 2.30) and F neither (accuracy 0.084), although a centred 0.5 box holds 74%
-  of the SVHN-like digit's ink; at 0.75, 0.330.
-- f_loc (the paper gives no form): conv, BN, ReLU, then a head whose last linear layer starts at zero, so every box
-  starts centred; the centres are tanh(--loc_gain · head). --f_loc pool (the default, Table 1(a)'s): the features
-  averaged over the image, one linear layer. --f_loc fc: RA-CNN's form, two fully connected layers (hidden width
-  4ch) on the whole flattened map, which keeps where each feature is. Adam's steps in the weights do not depend on
-  the gradient's scale, so the gain multiplies how far a step moves the boxes. With --labels T, at the preset (1000
-  iterations, seed 0), --loc_gain 10 moved them 9.1 px (7.6 px with both domains' labels) from the labelled digit's
-  centre, against 3.7 px for a box left at the centre, and F collapsed (accuracy 0.10, the untranslated floor): the
-  crop R_i = X ∘ M_i keeps the image's coordinates, so without S's labels no term of Eq. 9 rewards a box on the
-  digit of s. With S's labels (the default) --loc_gain 5 left them at 3.9 px and the accuracy unchanged (0.326
-  against 0.330 at gain 1): a 0.75 box centred already holds 98% of the digit's ink, so the regulariser gains little
-  by moving it. The default 1 is the plain tanh(linear) of Eq. 1.
-- Why the boxes stay, and --box_jitter (not in the paper). Measured with benchmarks/dagan_boxes.py (S's labels, 1000
-  iterations): the pooled head's centres do not follow the digit (least-squares slope of the box's centre on the
-  digit's at most 0.006 in size per axis, the preset's three seeds and three at --box_size 0.5 --cls_weight 10);
-  they vary across images by 0.04-0.25 px (sd), so the regulariser's classifier learns from crops at one place and
-  comes to need it: moving every box 1 px off f_loc's centre raises its cross-entropy from 0.81 to 0.90, 2 px to
-  1.06 (the preset, seed 0), while moving each box all the way onto its digit changes it by +0.07 [-0.01, +0.14].
-  f_loc sits in a well its own classifier dug. --box_jitter σ adds N(0, σ px) to the centres in training
-  (DAE.forward), so the classifier sees crops from around the box and f_loc descends the regulariser averaged over
-  boxes near its centre. Neither change alone moves the boxes (seed 0 at 0.5: the fc head alone slope 0.01, the
-  pooled head with jitter 0.00); the fc head with --box_jitter 3 (about the digits' spread, sd 2.8 px per axis)
-  makes them follow the digit in 5 of 6 runs (slope 0.28-0.49, correlation 0.56-0.81, seeds 0-2 at 0.5 and at 0.625;
-  seed 2 at 0.5 learned neither boxes nor F), and at --box_size 0.625 (about a digit's height) seed 0's boxes came
-  to 2.20 px from the digit by 6000 iterations (a centred box: 3.69). The defaults stay pool and 0, Table 1(a)'s;
-  the README has the runs.
-- The crop R_i = X ∘ M_i is taken on [0, 1] pixels, so what a box leaves out is black, the MNIST-like background
-  (on [-1, 1] it would be mid-grey: a grey frame around every region).
-- Widths: E has ch, 2ch, 4ch channels (S -> S/4); G starts with a 3×3 conv from the N concatenated instances to
-  4ch, then --n_res residual blocks, two up-sampling blocks and a 3×3 conv to RGB with tanh; D has three 4×4
-  stride-2 blocks and one fully connected unit.
-- d (Table 4: "ResBlock", a classifier of 9 residual blocks trained jointly from scratch): Classifier reads DAE(X)
-  and predicts the label. The regulariser is its cross-entropy; L_cst and L_sym compare the classifier's pooled
-  features, d(u, v) = mean |φ(u) − φ(v)| (§3.2: "the distance of learned features by ... other networks"). The
-  classifier itself learns only from the labels: were it trained on L_cst and L_sym, it could make φ constant.
-- Labels (--labels): §4.3 adapts "a classifier trained using labeled samples in one domain (source domain)" to "a
-  new domain (target domain) where labeled samples in the new domain are unavailable", translating SVHN to MNIST,
-  and compares with SA, DANN, DTN and UNIT (59.32, 73.85, 84.44, 90.53 %), whose SVHN -> MNIST numbers all train
-  with SVHN's labels and none of MNIST's. So by default (S) only S's (SVHN-like) labels train the regulariser and,
-  through the classifier, the distance d: the only labels that can tell the box which digit of s to attend to, and make
-  L_cst keep that digit. T uses MNIST-like labels only (no label of S: measured at the floor, the box and d know
-  nothing of an S digit); both is Table 4's "MNIST & SVHN: 10 labels", a semi-supervised setting. The evaluation
-  classifier is trained on T's labels, as DTN's, and never trains F. Images without a label (folders without class
-  sub-folders) have no regulariser, as Table 4's CMP row.
-- Losses as printed (Eq. 7-8, log loss), G with the non-saturating form log D(F(·)) (§3.3 writes it so for D2).
-  α = 10, β = 1 and the regulariser's weight 1: the paper gives no values. At α = 1 (on the earlier, centred
-  digits) "w/o Sym" (β = 0) measured a collapse rather than the symmetry term: F(s) mode-collapsed (pixel std across
-  images 0.061, against 0.355 with L_sym), the consistency term alone too weak against the adversarial loss; at
-  α = 10 it did not. Adam betas (0.5, 0.999) (DCGAN's; the paper gives the learning rate only), no decay.
+Where the paper is silent, our choices (measured: docs/dagan.md#decisions and #investigations):
+- Centres in kernels/boxmask.py's normalised coordinates (the image spans [-1, 1]); k = 20 per unit is an edge of a
+  tenth of the side, so several pixels pass gradient to the centre (RA-CNN's k = 10 per pixel would pass almost none).
+- Fixed half-sizes, --box_size 0.75 of the side: the box must hold a whole digit of either domain, since DAE(t) is
+  all G sees of t; f_loc predicts centres only (Eq. 1). At 0.5 the regulariser and F stayed at chance.
+- f_loc: conv, BN, ReLU, then a head whose last linear layer starts at zero (every box starts centred); centres
+  tanh(--loc_gain · head), gain 1 (a larger gain ran the boxes off the digit with T's labels, changed nothing with
+  S's). --f_loc pool (default, Table 1(a)'s) averages the features over the image;
+  --f_loc fc is RA-CNN's two fully connected layers on the flattened map. --box_jitter σ (ours) adds N(0, σ px) to
+  the centres in training. The pooled head's boxes do not follow the digit and its classifier comes to need them
+  where they are; only fc with jitter together make them follow. The defaults stay Table 1(a)'s.
+- The crop R_i = X ∘ M_i on [0, 1] pixels: what a box leaves out is black, the MNIST-like background.
+- d: Classifier (Table 4's 9 residual blocks) on DAE(X). The regulariser is its cross-entropy; L_cst and L_sym
+  compare its pooled features, mean |φ(u) − φ(v)|. It learns only from the labels (else it could make φ constant).
+- --labels S (default): §4.3 adapts a classifier trained on the source domain's labels to a target domain without
+  any, as SA, DANN, DTN and UNIT do on SVHN -> MNIST; S's are the only labels that can tell the box which digit of s
+  to attend to. T (MNIST-like only) is the runner's second table; both is Table 4's semi-supervised setting.
+- Log loss as printed (Eq. 7-8), G non-saturating. α = 10, β = 1, regulariser weight 1 (at α = 1 w/o Sym measured
+  F's collapse, not the symmetry term); Adam (0.5, 0.999) at §3.4's 2e-4, no decay.
 """
 import torch
 import torch.nn as nn

@@ -3,11 +3,11 @@
 
 The idea. A discriminator sees where a fake goes wrong; GuideGAN makes it say so. Its discriminator returns, with
 its verdict, an attention map: where it looked. The generator then reads that map beside its input, x ⊕ M_x, so it
-knows where the discriminator will look next time. Eq. (1) iterates y'^(k+1) = G(x ⊕ T(D(y'^(k)))), starting
-from the all-ones map of an image seen for the first time. The map comes either post hoc, from the activations of the discriminator's 4th
-conv layer (Eq. 2), or from a trainable residual-attention branch inside the discriminator (Eq. 3, after Wang et
-al.'s RAN), and enters the generator either as a per-pixel weight, (M + 1)·x (Eq. 4), or as an alpha channel (Eq. 5).
-The framework wraps pix2pix (supervised, paired data) and CycleGAN (unsupervised).
+knows where the discriminator will look next time. Eq. (1) iterates y'^(k+1) = G(x ⊕ T(D(y'^(k)))), starting from
+the all-ones map of an image seen for the first time. The map comes either post hoc, from the activations of the
+discriminator's 4th conv layer (Eq. 2), or from a trainable residual-attention branch inside the discriminator
+(Eq. 3, after Wang et al.'s RAN), and enters the generator either as a per-pixel weight, (M + 1)·x (Eq. 4), or as an
+alpha channel (Eq. 5). The framework wraps pix2pix (supervised, paired data) and CycleGAN (unsupervised).
 
 Map of the paper to this file:
     Eq. (1)  y1 = G(x ⊕ T(D(y0))), y0 = G(x ⊕ T(1))               GuideGAN.eq1, used by train_step and translate
@@ -15,45 +15,31 @@ Map of the paper to this file:
     Eq. (3)  E = (M + 1)·T, RAM discriminator (Fig. 6, App. A)    RAMD
     Eq. (4)  residual concatenation x' = (M + 1)·x, on [0, 1]     Transfer, --concat residual
     Eq. (5)  RGBA concatenation x' = {x_r, x_g, x_b, g(M; φ)}      Transfer, --concat rgba
-    Eq. (7)  LSGAN                                               GuideGAN.train_step
-    Eq. (8)  L1 to the ground truth (supervised)                 GuideGAN.train_step, --l1_weight
+    Eq. (7)-(8) LSGAN, L1 to the ground truth (supervised)       GuideGAN.train_step, --l1_weight
     Eq. (9)  10·L_GAN + 10·L_L1 (Appendix A)                      --adv_weight, --l1_weight
-    Eq. (10) cycle consistency (unsupervised)                    GuideGAN.train_step
-    Eq. (11) L_GAN(G_X, D_Y) + L_GAN(G_Y, D_X) + λ L_cyc          GuideGAN.train_step (its "G_X" is D_X)
+    Eq. (10)-(11) cycle consistency, L_GAN(G_X, D_Y) + L_GAN(G_Y, D_X) + λ L_cyc (its "G_X" is D_X)   train_step
     App. A   UNet-128 and a 5-layer PatchGAN (supervised); ResNet 6/9 blocks and PatchGAN (unsupervised)
+A is X, B is Y; G_X: A -> B is judged by D_Y, G_Y: B -> A by D_X. On the embedded `shapes_paired` data A is the
+photo and B its label map, so A2B is Table 1-2's photo -> label and B2A label -> photo.
 
-Domains: A is X, B is Y; G_X: A -> B is judged by D_Y, G_Y: B -> A by D_X. On the embedded `shapes_paired` data
-A is the photo and B its label map, so A2B is Table 1-2's photo -> label and B2A label -> photo.
-
-Our choices where the paper is silent or loose:
-- --mode supervised trains two pix2pix translators in one run, G_X with D_Y and G_Y with D_X, sharing no loss, so
-  one run fills both halves of Table 2. Their discriminators are conditional, D_Y([x, y]), as pix2pix's, which
-  Table 2's "pix2pix" row and the paper's framework build on; Eq. (6)-(7) write D(y) without the condition.
-- The U-Net has pix2pix's layout (4×4 stride-2 convs, C64-C128-C256-C512-C512-C512-C512 for UNet-128, skip
-  connections, dropout 0.5 in the 512-channel layers above the innermost) with instance norm: pix2pix's batch norm
-  at batch 1 in training mode is the same normalisation, and instance norm keeps it at test time. Seven
-  down-samplings at 128 px; at other sizes as many as the size allows (6 at 64 px).
-- RAMD's sizes (the paper gives only the layer counts): the extractor is PatchGAN's first layer, the trunk its next
-  three; the mask branch takes the extractor's output through two 4×4 stride-2 convs (2ndf, 4ndf), two 3×3 convs
-  (8ndf) and a bilinear up-sampling onto the trunk's grid, then a sigmoid, so M has the trunk's shape; the classifier
-  is PatchGAN's last conv.
-- Eq. (1) runs within each step, k = 0 and 1: y0 = G(x ⊕ T(1)), M = D's map of y0, y1 = G(x ⊕ T(M)), the way
-  translate runs it on a test image. The paper's iteration count k is loose enough to read as "each image keeps
-  the map D gave its last translation", but then a map is an epoch old when it is read (at this preset, 2000
-  images: no map at all for the first 2000 steps), and a test image has none. G's losses (Eq. 9, 11) are the mean
-  over y0 and y1, so G learns both the first attempt every image starts with and the guided one; D trains on y1.
-  M is detached: D's map guides G, G's loss does not shape D's map.
-- The residual form of Eq. (4) on the [0, 1] pixel scale the paper's reason assumes, halved so that the all-ones
-  map gives the image itself: x'01 = (M + 1)·x01 / 2 (Transfer).
-- RAM's map is min-maxed per image as post hoc's (Eq. 2's g), so that both maps span [0, 1] (RAMD says why).
-- g(M; φ) of Eq. (5) is 2M − 1 plus a per-pixel MLP, 1 -> 16 -> 1 (1×1 convs, ReLU), whose last layer starts at
-  zero: the alpha channel starts as the map on the images' scale, and g learns from there. T is shared by both
-  directions (§3.1) and trained with the generators.
-- In the unsupervised cycle the way back, G_Y(y'), starts from the all-ones map, as every image does.
+Our choices where the paper is silent or loose (measured: docs/guidegan.md#decisions):
+- --mode supervised trains two pix2pix translators in one run, G_X with D_Y and G_Y with D_X, sharing no loss. Their
+  discriminators are conditional, D_Y([x, y]), as pix2pix's, which Table 2 compares with (Eq. 6-7 write D(y)).
+- The U-Net has pix2pix's layout (4×4 stride-2 convs, C64-C128-C256-C512-C512-C512-C512, skips, dropout 0.5 in the
+  512-channel layers above the innermost) with instance norm, pix2pix's batch norm at batch 1, kept at test time.
+  Seven down-samplings at 128 px; at other sizes as many as the size allows (6 at 64 px).
+- RAMD's sizes (the paper gives layer counts): extractor = PatchGAN's first layer, trunk its next three; the mask
+  branch: two 4×4 stride-2 convs, two 3×3 convs, bilinear up-sampling onto the trunk's grid, sigmoid.
+- Eq. (1) runs within each step, k = 0 and 1, as translate runs it on a test image: each image keeping its last map
+  would read maps an epoch old, and a test image has none. G's losses are the mean over y0 and y1; D trains on y1;
+  M is detached (D's map guides G, G's loss does not shape it).
+- Eq. (4) on the [0, 1] pixel scale its reason assumes, halved so the all-ones map gives the image: (M + 1)·x01 / 2.
+- RAM's map is min-maxed per image as post hoc's (Eq. 2's g), so that both maps span [0, 1].
+- g(M; φ) of Eq. (5) is 2M − 1 plus a per-pixel MLP 1 -> 16 -> 1 whose last layer starts at zero; T is shared by
+  both directions (§3.1) and trained with the generators. The cycle's way back starts from the all-ones map.
 - The adversarial weight 10 scales G's LSGAN term; D's objective is LSGAN halved (pix2pix, CycleGAN).
-- --attention none is the baseline without attention, with GuideGAN's weights 10 and 10; pix2pix and CycleGAN as
-  their papers run them are --adv_weight 1 --l1_weight 100 and --adv_weight 1 --l1_weight 10 (ABLATIONS), with
-  LSGAN throughout (pix2pix's paper uses the log loss).
+- --attention none is the baseline with GuideGAN's weights 10 and 10; pix2pix and CycleGAN as their papers weigh
+  them are --adv_weight 1 with --l1_weight 100 and 10 respectively (ABLATIONS), LSGAN throughout.
 """
 import torch
 import torch.nn as nn
