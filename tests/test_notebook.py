@@ -33,7 +33,7 @@ def test_the_tour_runs_top_to_bottom(tmp_path, monkeypatch):
     assert len(trained) == 5
     for cell in trained:  # each shows its scores beside the floor, and its sample grid
         assert "identity" in outputs(cell, "stdout"), cell.source
-        assert any("image/png" in o.get("data", {}) for o in cell.outputs), cell.source
+        assert any("image/jpeg" in o.get("data", {}) for o in cell.outputs), cell.source
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     assert any("image/png" in o.get("data", {}) for o in last.outputs)  # the ablation runner's plot
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(
