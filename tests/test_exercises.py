@@ -70,3 +70,14 @@ def test_exercise_commands_run(heading, tmp_path):
         p = subprocess.run(tiny(command), cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=600)
         assert p.returncode == 0, f"exercise {heading!r}, step {step} ({command}): {p.stderr[-2000:]}"
+
+
+def test_the_teaching_page_indexes_every_exercise():
+    """docs/teaching.md's index has a row per ### heading of docs/exercises.md, in order, linking its anchor (GitHub's:
+    lower case, punctuation dropped, spaces to hyphens), and every link into exercises.md names a heading."""
+    headings = [line[4:].strip() for line in EXERCISES.read_text().splitlines() if line.startswith("### ")]
+    anchors = [re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings]
+    teaching = (ROOT / "docs/teaching.md").read_text()
+    rows = [re.match(r"\| \[.*?\]\(exercises\.md#([\w-]+)\)", line) for line in teaching.splitlines()]
+    assert [row[1] for row in rows if row] == anchors
+    assert set(re.findall(r"\(exercises\.md#([\w-]+)\)", teaching)) <= set(anchors)

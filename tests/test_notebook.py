@@ -1,5 +1,9 @@
 """notebooks/tour.ipynb is committed without outputs and runs top to bottom through nbclient (the Jupyter project's
-notebook runner), at 2 iterations per script; a user's wrong input ends a cell with the script's one-line error."""
+notebook runner), at 2 iterations per script; a user's wrong input ends a cell with the script's one-line error; and
+docs/tour.md, the notebook executed and rendered for the web (the command is in docs/teaching.md), holds every cell
+of the notebook as it is now, in order, with every picture it shows."""
+import re
+
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -8,6 +12,7 @@ from nbclient.exceptions import CellExecutionError
 from conftest import ROOT
 
 TOUR = ROOT / "notebooks/tour.ipynb"
+RENDERED = ROOT / "docs/tour.md"
 
 
 def run(nb, tmp_path, monkeypatch):
@@ -33,7 +38,7 @@ def test_the_tour_runs_top_to_bottom(tmp_path, monkeypatch):
     assert len(trained) == 5
     for cell in trained:  # each shows its scores beside the floor, and its sample grid
         assert "identity" in outputs(cell, "stdout"), cell.source
-        assert any("image/png" in o.get("data", {}) for o in cell.outputs), cell.source
+        assert any("image/jpeg" in o.get("data", {}) for o in cell.outputs), cell.source
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     assert any("image/png" in o.get("data", {}) for o in last.outputs)  # the ablation runner's plot
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(
@@ -49,3 +54,26 @@ def test_a_wrong_flag_ends_the_cell_with_the_scripts_one_line_error(tmp_path, mo
     error = next(o for o in nb.cells[1].outputs if o.output_type == "error")
     assert error.ename == "SystemExit" and "no_such_set" in error.evalue and "\n" not in error.evalue, error
     assert "Traceback" not in str(failed.value)
+
+
+def test_the_rendered_tour_holds_every_cell_in_order():
+    """nbconvert writes a code cell as a ```python block and a markdown cell as itself; the outputs lie between them.
+    A cell edited in the notebook and not rendered again fails here: run the command in docs/teaching.md."""
+    cells = nbformat.read(TOUR, as_version=4).cells
+    rendered = RENDERED.read_text()
+    fenced = re.findall(r"^```python\n(.*?)\n```$", rendered, flags=re.M | re.S)
+    assert fenced == [c.source for c in cells if c.cell_type == "code"], \
+        "docs/tour.md's code differs from the notebook's: render it again (docs/teaching.md)"
+    at = 0
+    for cell in cells:
+        text = f"```python\n{cell.source}\n```" if cell.cell_type == "code" else cell.source
+        found = rendered.find(text, at)
+        assert found >= 0, f"docs/tour.md lacks this cell after offset {at} (render it again): {cell.source[:200]!r}"
+        at = found + len(text)
+
+
+def test_every_picture_of_the_rendered_tour_exists():
+    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", RENDERED.read_text())
+    assert len(links) >= 6, links  # a sample grid per paper, and the ablation table's plot
+    missing = [link for link in links if not (RENDERED.parent / link).is_file()]
+    assert not missing, missing
