@@ -5,7 +5,8 @@ Commands run as a reader types them, from the root of a fresh copy of the reposi
 commands under one heading run in order, so a probe may read the checkpoint a training command above it wrote. Each
 training command gets tiny networks and 2 iterations appended. A command that needs what this machine cannot have
 (a real data set, a download, a GPU, a weights file) runs as is and must stop with the script's one-line error,
-exit status 2, which is what a reader without those sees. A training command starts a fresh run, as each of the
+exit status 2, which is what a reader without those sees. The notebook's rendering (python -m nbconvert) runs in
+tests/test_notebook.py, which also reads what it printed. A training command starts a fresh run, as each of the
 alternatives a block lists does when typed on its own: the run folder an earlier command of the heading left is
 removed first. `pip install` and `python -m pytest` are not run: CI's
 own first step is the README's test command (checked against .ci/run below)."""
@@ -107,8 +108,8 @@ def commands(line):
         while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
             key, value = argv.pop(0).split("=", 1)
             env[key] = value
-        if not argv or argv[0] == "pip":
-            continue
+        if not argv or argv[0] == "pip" or argv[:3] == ["python", "-m", "nbconvert"]:
+            continue  # the notebook's rendering runs in tests/test_notebook.py, which reads what it printed
         if argv[0] == "python":
             argv = tiny(argv)
         elif argv[0] == "torchrun":
