@@ -27,7 +27,7 @@ CURVES = "losses.png"
 # The floors and ceilings an evaluation reports beside the model's numbers (common.train.evaluate, common.fid).
 # In this order, after the model's column; a reference it does not know goes last.
 REFERENCES = {"identity": "floor: output = input", "uniform": "floor: attention on every pixel",
-              "centred": "floor: the box at the centre", "real": "ceiling: the target domain's real images"}
+              "centred": "reference: a box fixed at the centre", "real": "ceiling: the target domain's real images"}
 
 # Loss names of the CycleGAN family's objective, which every paper builds on; any other term is the paper's own
 # (U-GAT-IT's G_cam, AttentionGAN's G_tv, DA-GAN's cst, sym and its regulariser cls).
@@ -196,7 +196,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:1.
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}th small{font-weight:normal;color:#666}
 pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap}figure{margin:.5em 0 1.2em}
-figcaption{font-size:.9em;color:#444}img.pixels{image-rendering:pixelated}
+figcaption{font-size:.9em;color:#444}img{max-width:100%;height:auto}img.pixels{image-rendering:pixelated}
 .tests figure{display:inline-block;margin:.3em}.legend{color:#444}nav a{margin-right:1em}"""
 
 
