@@ -185,8 +185,19 @@ def plot_curves(records, marks, path):
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.subplots_adjust(left=0.07, right=0.86, top=1 - 0.35 / fig.get_figheight(), bottom=0.5 / fig.get_figheight(),
                         hspace=0.45)
-    with replacing(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80, pil_kwargs={"compress_level": 1})  # fast to write, small anyway
+    with replacing(path) as tmp:  # the iteration it shows goes with it, for a page that does not draw it again
+        fig.savefig(tmp, format="png", dpi=80, metadata={"Iteration": str(records[-1]["step"])},
+                    pil_kwargs={"compress_level": 1})  # fast to write, small anyway
+
+
+def drawn_to(path):
+    """The last iteration the loss curves in `path` show, or None (missing, or drawn before this was recorded)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return int(im.text["Iteration"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 # --- HTML ------------------------------------------------------------------------------------------------------------
@@ -262,7 +273,7 @@ def samples_section(root, columns):
 
 
 def run_page(root, curves=True):
-    """Write <run>/index.html (and, with `curves`, losses.png) from the run's files."""
+    """Write <run>/index.html and, with `curves` (or where they are not drawn yet), losses.png from the run's files."""
     root = Path(root)
     records, evaluations = read_log(root / "log.jsonl")
     flags, flags_from = saved_flags(root)
@@ -288,13 +299,15 @@ def run_page(root, curves=True):
         parts.append("<p>None yet: the embedded data sets are evaluated after the last iteration.</p>")
 
     parts.append('<h2 id="losses">Losses</h2>')
+    drawn = drawn_to(root / CURVES) if records and not curves else None
+    if records and drawn is None:
+        plot_curves(records, switches(flags), root / CURVES)
+        drawn = last
     if records:
-        if curves or not (root / CURVES).exists():
-            plot_curves(records, switches(flags), root / CURVES)
         marks = "; ".join(label + f" at iteration {at}" for at, label in switches(flags))
-        parts.append(f"<p>From log.jsonl, to iteration {last}: the faint line each logged value, the solid one their "
+        parts.append(f"<p>From log.jsonl, to iteration {drawn}: the faint line each logged value, the solid one their "
                      f"running mean{'; dashed: ' + esc(marks) if marks else ''}.</p>"
-                     f'<img src="{CURVES}" alt="loss curves to iteration {last}">')
+                     f'<img src="{CURVES}" alt="loss curves to iteration {drawn}">')
     else:
         parts.append("<p>No losses logged yet.</p>")
 

@@ -90,21 +90,6 @@ def test_a_torn_log_line_no_evaluation_and_a_run_from_before_the_pages_each_give
     assert "checkpoints/latest.pt" in text and "<td>--n_dis</td><td>4</td>" in text  # flags from the checkpoint
 
 
-def test_a_resumed_run_has_one_curve_without_a_step_twice(no_test_sets, tmp_path):
-    run(tmp_path, *no_test_sets, "--iteration", "2", "--print_freq", "1")
-    root = tmp_path / "runs/ugatit/tiny"
-    (root / "index.html").unlink()  # made again on the resume, as for a run from before the pages
-    run(tmp_path, *no_test_sets, "--iteration", "4", "--print_freq", "1", "--resume")
-    records, _ = report.read_log(root / "log.jsonl")
-    assert [r["step"] for r in records] == [1, 2, 3, 4]
-    text = (root / "index.html").read_text()
-    commands = re.search(r"<pre>(.*?)</pre>", text, re.S).group(1).splitlines()
-    assert "to iteration 4" in text and len(commands) == 2 and "--resume" in commands[1]
-    # No evaluation here: the last write to the log is the last loss line the image shows.
-    assert (root / "losses.png").stat().st_mtime_ns >= (root / "log.jsonl").stat().st_mtime_ns
-    links(root / "index.html")
-
-
 def test_read_log_keeps_the_last_line_of_a_step(tmp_path):
     # What a log appended to without being cut back (an older version's resume) holds.
     lines = ['{"step": 1, "D": 3}', '{"step": 2, "D": 2}', '{"step": 2, "D": 5}', '{"step": 2, "eval": {"a": 1}}',
@@ -140,22 +125,33 @@ def test_the_test_phase_has_its_page(trained):
     links(page)
 
 
-def test_a_page_written_while_the_run_is_killed_is_always_whole(no_test_sets, tmp_path):
+def test_a_page_written_while_the_run_is_killed_is_always_whole_and_a_resume_draws_one_curve(no_test_sets, tmp_path):
     # A grid and a page at every iteration, killed at random moments once this process has written its first page:
     # whatever index.html is there is whole, and so is every image it shows.
-    rng, page = random.Random(0), tmp_path / "runs/ugatit/tiny/index.html"
-    command = [sys.executable, str(ROOT / "ugatit.py"), "--result_dir", str(tmp_path / "runs"), *no_test_sets,
-               "--iteration", "10000", "--print_freq", "1", "--save_freq", "3", "--resume"]
+    rng, root = random.Random(0), tmp_path / "runs/ugatit/tiny"
+    page, args = root / "index.html", [*no_test_sets, "--iteration", "30", "--print_freq", "1", "--save_freq", "3"]
     written = lambda: page.stat().st_mtime_ns if page.exists() else 0
     for _ in range(2):
         before, deadline = written(), time.time() + 120
-        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, str(ROOT / "ugatit.py"), "--result_dir", str(tmp_path / "runs"),
+                                 *args, "--resume"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while written() == before and time.time() < deadline:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 1.0))
         proc.kill()
         proc.wait()
         whole_images(page)
+
+    for made in ("index.html", "losses.png", "run.json"):  # as a run from before the pages: its resume makes them
+        (root / made).unlink()
+    run(tmp_path, *args, "--resume")
+    records, _ = report.read_log(root / "log.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 31))
+    assert [json.loads(l)["step"] for l in (root / "log.jsonl").read_text().splitlines()] == list(range(1, 31))
+    whole_images(page)
+    assert "to iteration 30" in page.read_text() and report.drawn_to(root / "losses.png") == 30
+    # No evaluation here: the last write to the log is the last loss line the image shows.
+    assert (root / "losses.png").stat().st_mtime_ns >= (root / "log.jsonl").stat().st_mtime_ns
 
 
 KILLED_AT_RENAME = """
