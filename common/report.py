@@ -182,15 +182,15 @@ def plot_curves(records, marks, path):
             ax.set_yscale("log")  # terms weighted 1 to 1000 apart: on a linear axis the small ones lie flat
         for at, label in marks:
             ax.axvline(at, color="k", ls="--", lw=0.8)
-        ax.set_title(title, fontsize=9, loc="left")
-        ax.tick_params(labelsize=8)
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
         if names != ["lr"]:
-            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # never over a curve
+            ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # never over a curve
     for at, label in marks:
         axes[0].annotate(label, (at, 1), xycoords=("data", "axes fraction"), xytext=(3, -10),
-                         textcoords="offset points", fontsize=7)
-    axes[-1].set_xlabel("iteration", fontsize=8)
+                         textcoords="offset points", fontsize=8)
+    axes[-1].set_xlabel("iteration", fontsize=9)
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.subplots_adjust(left=0.07, right=0.86, top=1 - 0.35 / fig.get_figheight(), bottom=0.5 / fig.get_figheight(),
                         hspace=0.45)
@@ -296,7 +296,7 @@ def run_page(root, curves=True):
     if (root / "test/index.html").exists():
         nav.append('<a href="test/index.html">test phase</a>')
     parts = [f"<p>{esc(status)}; page written {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>", f"<nav>{''.join(nav)}</nav>"]
-    commands = session.get("commands") or []
+    commands = [c for c in session.get("commands", []) if isinstance(c, str)]
     parts.append("<h2>Commands</h2>" + (f"<pre>{esc(chr(10).join(commands))}</pre>" if commands else
                                          "<p>Not recorded (a run from before the pages): its flags are below.</p>"))
 
@@ -355,10 +355,13 @@ def test_page(root):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):
-        sys.exit("usage: python -m common.report RUN   (a run folder, e.g. runs/ugatit/shapes)")
+        print("usage: python -m common.report RUN   (a run folder, e.g. runs/ugatit/shapes)", file=sys.stderr)
+        sys.exit(2)
     root = Path(argv[0])
     if not (root / "log.jsonl").exists() and not (root / "samples").is_dir():
-        sys.exit(f"error: {root} holds no log.jsonl or samples/: not a run folder (runs/<script>/<dataset>/)")
+        print(f"error: {root} holds no log.jsonl or samples/: not a run folder (runs/<script>/<dataset>/)",
+              file=sys.stderr)
+        sys.exit(2)
     if (root / "test").is_dir():
         test_page(root)
     run_page(root)

@@ -516,10 +516,10 @@ def train(model, args, data, run, device):
                 run.write_log({"step": step, "time": round(time.time() - t0, 3),
                                "lr": next(iter(model.optimizers.values())).param_groups[0]["lr"], **values})
             if step % args.print_freq == 0 or step == args.iteration:
-                drawing = time.perf_counter()
+                began = time.perf_counter()
                 with evaluating(model):
                     save(sample_grid(model, show_A, show_B, device), run.samples / f"{step:07d}.png")
-                pages.after_grid(time.perf_counter() - drawing, last=step == args.iteration)
+                pages.after_grid(time.perf_counter() - began, last=step == args.iteration)
             if step % args.save_freq == 0 or step == args.iteration or stop.signum:
                 try:
                     save_checkpoint(run.checkpoint, model, schedulers, step, args)
