@@ -88,6 +88,8 @@ def test_a_torn_log_line_no_evaluation_and_a_run_from_before_the_pages_each_give
     whole_images(root / "index.html")
     assert "None yet" in text and "to iteration 2" in text  # no evaluation; the torn step 3 is not drawn
     assert "checkpoints/latest.pt" in text and "<td>--n_dis</td><td>4</td>" in text  # flags from the checkpoint
+    p = subprocess.run([sys.executable, "-m", "common.report", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and p.stderr.count("\n") == 1  # not a run folder
 
 
 def test_read_log_keeps_the_last_line_of_a_step(tmp_path):
