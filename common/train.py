@@ -610,10 +610,9 @@ class Pages:
     """The run's page at every sample grid, its loss curves drawn again only once the grids since the last drawing
     have taken as long as the pages did, and always after the last grid: over a run the pages cost what the grids
     cost, plus that last drawing (and the first, with matplotlib's import, where too few grids follow to pay it back).
-    Measured on a loaded 2-core CPU: a drawing takes 0.15-0.35 s,
-    the first 0.8-1.5 s (matplotlib's import), a page without one 5-20 ms; a grid of the tiny test networks 6-90 ms,
-    so there the curves follow about every tenth grid, and of the presets 20 ms (DA-GAN) to 0.35 s (U-GAT-IT, where
-    they follow every second one)."""
+    Measured on a loaded 2-core CPU: a drawing takes 0.15-0.35 s, the first 0.8-1.5 s (matplotlib's import), a page
+    without one 5-20 ms; a grid of the tiny test networks 6-90 ms, so there the curves follow about every tenth grid,
+    and of the presets 20 ms (DA-GAN) to 0.35 s (U-GAT-IT, where they follow every second one)."""
 
     def __init__(self, run):
         self.run, self.credit = run, 0.0  # seconds of grids not yet spent on pages
