@@ -9,8 +9,8 @@ then mean ± sd per row and the paired difference against the full model with a 
 
 Each row-seed is one subprocess (`--jobs` at a time, one thread each) in <out>/<row>/seed<s>/, with its log in
 log.txt there. Finished row-seeds (result.json) are never run again, and an interrupted run continues from its last
-checkpoint, so running the same command again picks up where it stopped. Writes <out>/table.md, runs.csv, runs.json
-and plot.png. Exit status: 0, or 1 when a row-seed failed (its table row says why; the next invocation retries it),
+checkpoint, so running the same command again picks up where it stopped. Writes <out>/table.md, runs.csv, runs.json,
+plot.png and index.html (the tables, the plot and a link to each run's page, common.report). Exit status: 0, or 1 when a row-seed failed (its table row says why; the next invocation retries it),
 2 for bad input, 130/143 on Ctrl-C/SIGTERM.
 """
 import argparse
@@ -160,6 +160,42 @@ def plot(path, tables, results, against=None):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def table_html(markdown):
+    """table.md as HTML: the '### ' headings, pipe tables and lines of text that format_table writes."""
+    from common.report import esc
+    out, rows = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            if set(line) - set("|-"):  # not the rule under the header
+                tag = "td" if rows else "th"
+                rows.append("<tr>" + "".join(f"<{tag}>{esc(c.strip())}</{tag}>" for c in line.strip("|").split("|"))
+                            + "</tr>")
+            continue
+        if rows:
+            out.append("<table>" + "\n".join(rows) + "</table>")
+            rows = []
+        if line.startswith("### "):
+            out.append(f"<h2>{esc(line[4:])}</h2>")
+        elif line.strip():
+            out.append(f"<p>{esc(line)}</p>")
+    return "\n".join(out)
+
+
+def write_index(out, script, title, report, plan):
+    """<out>/index.html: the tables, plot.png, and per row a link to each seed's run page (its log.txt where the run
+    left none: it failed before its first page)."""
+    from common.report import esc, href, page, write_text
+    links = {}
+    for _, row, seed in plan:
+        folder = out / slug(row) / f"seed{seed}"
+        pages = sorted(folder.glob(f"{script}/*/index.html"))
+        target, text = (pages[0], f"seed {seed}") if pages else (folder / "log.txt", f"seed {seed}: log")
+        links.setdefault(row, []).append(f'<a href="{href(target.relative_to(out))}">{esc(text)}</a>')
+    runs = "".join(f"<tr><td>{esc(row)}</td><td>{' '.join(cells)}</td></tr>" for row, cells in links.items())
+    write_text(out / "index.html", page(title, table_html(report) + '<h2>Plot</h2><img src="plot.png" alt="the '
+                                        f'rows\' mean and sd per metric"><h2>Runs</h2><table>{runs}</table>'))
 
 
 # --- the runs ----------------------------------------------------------------------------------------------------
@@ -321,7 +357,8 @@ def main(argv=None):
     report = "\n".join(format_table(title, rows, results, failures, args.against) for title, rows in tables.items())
     print("\n" + report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(f"# {args.script}: ablation over seeds 0-{args.seeds - 1}\n\n" + report)
+    title = f"{args.script}: ablation over seeds 0-{args.seeds - 1}"
+    (args.out / "table.md").write_text(f"# {title}\n\n" + report)
     numbers = [{"table": t, "row": row, "seed": seed, "metric": k, "value": v}
                for t, row, seed in plan for k, v in results.get(row, {}).get(seed, {}).items()]
     with open(args.out / "runs.csv", "w", newline="") as f:
@@ -332,8 +369,9 @@ def main(argv=None):
               for t, row, seed in plan if seed in failures.get(row, {})]
     (args.out / "runs.json").write_text(json.dumps({"runs": numbers, "failed": failed}, indent=1) + "\n")
     plot(args.out / "plot.png", tables, results, args.against)
+    write_index(args.out, args.script, title, report, plan)
     retry = f"; {len(failed)} runs failed: run the same command again to retry them" if failed else ""
-    print(f"wrote {args.out}/table.md, runs.csv, runs.json, plot.png{retry}")
+    print(f"wrote {args.out}/table.md, runs.csv, runs.json, plot.png, index.html{retry}")
     return 1 if failed else 0
 
 

@@ -20,16 +20,19 @@ The harness sets `model.progress`, the fraction of --iteration done, before each
 in epochs ("switch at epoch 30 of 100") follow it, and so scale with the length of the run.
 
 Runs live in <result_dir>/<model>/<dataset>/: checkpoints/latest.pt and previous.pt (common.checkpoints), samples/,
-log.jsonl, test/, and .lock, held by the process that uses the folder.
+log.jsonl, test/, the run's page index.html with losses.png and run.json (common.report), and .lock, held by the
+process that uses the folder.
 Exact resume: a training batch is a pure function of (--seed, step) (common.data.UnpairedSteps), and a checkpoint
 holds the networks, the optimizers, the learning-rate schedule, the step and the RNG states.
 """
 import argparse
 import contextlib
+import inspect
 import json
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -42,6 +45,7 @@ from tqdm import tqdm
 from common import checkpoints, distributed
 from common.data import EMBEDDED, DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_data
 from common.images import grid, overlay
+from common.report import record_session, replacing, run_page, test_page
 
 
 class UsageError(Exception):
@@ -284,7 +288,8 @@ def load_nets(nets, saved, path):
 # --- the run ---------------------------------------------------------------------------------------------------
 
 class Run:
-    def __init__(self, args, model_name, new_lr=None):
+    def __init__(self, args, model_name, new_lr=None, command=None):
+        self.command = command  # the command line, for the run's page
         self.root = Path(args.result_dir) / model_name / Path(args.dataset).name
         self.checkpoint = self.root / "checkpoints" / "latest.pt"
         self.samples = self.root / "samples"
@@ -349,6 +354,18 @@ def panels(model, x, direction):
 
 def directions(model):
     return getattr(model, "directions", ("A2B", "B2A"))
+
+
+def columns(model):
+    """What the sample grids' and the test images' columns show, for the run's page: the model's `visuals` docstring
+    names its tiles (its first sentence), else the panels above."""
+    tiles = "input | attention over the input | output"
+    if hasattr(model, "visuals"):
+        tiles = " ".join(inspect.getdoc(model.visuals).split("\n\n")[0].split()).rstrip(".")
+    if len(directions(model)) == 1:
+        return {"samples": f"Rows: test images of A translated to B. Columns: {tiles}", "test": tiles}
+    return {"samples": f"Rows: test images of A translated to B, then of B translated to A. Columns: {tiles} | "
+                       f"translated back", "test": tiles}
 
 
 def sample_grid(model, A, B, device, n=4):
@@ -443,6 +460,10 @@ def train(model, args, data, run, device):
     lead = distributed.rank() == 0  # the rank that writes (common.distributed)
     if lead:
         run.truncate_log(start)  # lines past the checkpoint, or of a run killed before its first checkpoint
+        with page_writing(run):
+            record_session(run.root, run.command, columns(model), vars(args))
+        if start:
+            write_pages(run, curves=False)  # a run from before the pages gets its page here
     if start >= args.iteration:
         print(f"already at iteration {start} of --iteration {args.iteration}: nothing to train")
         if lead and args.dataset in EMBEDDED and not run.evaluated(start):
@@ -450,6 +471,7 @@ def train(model, args, data, run, device):
             with StopFlag(run.checkpoint) as stop:
                 stop.at_once = True
                 evaluate(model, args, data, run, start, device)
+            write_pages(run, curves=False)
         return
 
     with_info = getattr(model, "batch_info", False)
@@ -465,6 +487,7 @@ def train(model, args, data, run, device):
     show_A, show_B = data["testA"] or data["trainA"], data["testB"] or data["trainB"]
     if lead:
         run.samples.mkdir(parents=True, exist_ok=True)
+    pages = Pages(run)
     step, t0 = start, time.time()
     bar = tqdm(total=args.iteration, initial=start, dynamic_ncols=True, desc=run.root.parent.name, disable=not lead)
     with StopFlag(run.checkpoint) as stop:
@@ -493,8 +516,10 @@ def train(model, args, data, run, device):
                 run.write_log({"step": step, "time": round(time.time() - t0, 3),
                                "lr": next(iter(model.optimizers.values())).param_groups[0]["lr"], **values})
             if step % args.print_freq == 0 or step == args.iteration:
+                began = time.perf_counter()
                 with evaluating(model):
-                    sample_grid(model, show_A, show_B, device).save(run.samples / f"{step:07d}.png")
+                    save(sample_grid(model, show_A, show_B, device), run.samples / f"{step:07d}.png")
+                pages.after_grid(time.perf_counter() - began, last=step == args.iteration)
             if step % args.save_freq == 0 or step == args.iteration or stop.signum:
                 try:
                     save_checkpoint(run.checkpoint, model, schedulers, step, args)
@@ -503,6 +528,7 @@ def train(model, args, data, run, device):
                     raise UsageError(f"{e}; stopped; {kept(run)}") from None
             if stop.signum:
                 bar.close()
+                write_pages(run)
                 raise Stopped(stop.signum, f"{signal.Signals(stop.signum).name}: stopped at iteration {step}; "
                                            f"checkpoint {run.checkpoint}; continue with --resume")
         stop.at_once = True  # the evaluation below is part of the run: a stop there leaves it to the next --resume
@@ -511,6 +537,8 @@ def train(model, args, data, run, device):
               f"{run.samples}")
         if lead and args.dataset in EMBEDDED:
             evaluate(model, args, data, run, step, device)
+        if lead:
+            write_pages(run, curves=False)  # the last grid's page drew them; the evaluation is what is new
 
 
 def kept(run):
@@ -562,6 +590,48 @@ def format_report(report):
 REFERENCES = ("identity", "uniform", "real")  # the report's floors and ceiling, beside the model's own numbers
 
 
+def save(image, path):
+    """A PNG written whole or not at all (common.report.replacing): a page never shows half an image."""
+    with replacing(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+@contextlib.contextmanager
+def page_writing(run):
+    """A failure to write the run's page (common.report) is a warning, not an error: the page is a view of files the
+    run keeps, and must never stop a training."""
+    try:
+        yield
+    except Exception as e:
+        tqdm.write(f"page not written ({checkpoints.first_line(e)}); `python -m common.report {run.root}` retries")
+
+
+class Pages:
+    """The run's page at every sample grid, its loss curves drawn again only once the grids since the last drawing
+    have taken as long as the pages did, and always after the last grid: over a run the pages cost what the grids
+    cost, plus that last drawing (and the first, with matplotlib's import, where too few grids follow to pay it back).
+    Measured on a loaded 2-core CPU: a drawing takes 0.15-0.35 s, the first 0.8-1.5 s (matplotlib's import), a page
+    without one 5-20 ms; a grid of the tiny test networks 6-90 ms, so there the curves follow about every tenth grid,
+    and of the presets 20 ms (DA-GAN) to 0.35 s (U-GAT-IT, where they follow every second one)."""
+
+    def __init__(self, run):
+        self.run, self.credit = run, 0.0  # seconds of grids not yet spent on pages
+
+    def after_grid(self, grid_seconds, last):
+        self.credit += grid_seconds
+        start = time.perf_counter()
+        write_pages(self.run, curves=last or self.credit > 0)
+        self.credit -= time.perf_counter() - start
+
+
+def write_pages(run, curves=True, test=False):
+    """The run's page, with `curves` its loss curves drawn again, and with `test` the test phase's page."""
+    with page_writing(run):
+        if test:
+            test_page(run.root)
+        run_page(run.root, curves)
+
+
 def translate_all(model, domain, direction, out, device, batch_size=8):
     """Each output written as one row of its panels (input | attention | output, or the model's visuals)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -571,7 +641,7 @@ def translate_all(model, domain, direction, out, device, batch_size=8):
         tiles, _ = panels(model, torch.stack([domain.get(i) for i in idx]).to(device), direction)
         for j, i in enumerate(idx):
             written.add(domain.name(i))
-            grid([[t[j] for t in tiles]]).save(out / f"{domain.name(i)}.png")
+            save(grid([[t[j] for t in tiles]]), out / f"{domain.name(i)}.png")
     print(f"{direction}: {len(written)} images -> {out}")
 
 
@@ -584,10 +654,13 @@ def test(model, args, data, run, device):
         state = resume_state(run)
         load_nets(model.nets, state["nets"], run.checkpoint)
         step = state["step"]
+    with page_writing(run):
+        record_session(run.root, run.command, columns(model))
     if args.input is not None:
         with evaluating(model):
             translate_all(model, FolderDomain(args.input, args.img_size, train=False), args.direction,
                           run.test / f"{args.direction}_{Path(args.input).stem}", device)
+        write_pages(run, curves=False, test=True)
         return
     if data["testA"] is None or data["testB"] is None:
         raise UsageError(f"{args.dataset}: no testA/ and testB/ folders to translate (or use --input PATH)")
@@ -599,6 +672,7 @@ def test(model, args, data, run, device):
     report.update(inception_report(model, args, data, device))
     if report:
         (run.test / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_pages(run, curves=False, test=True)
 
 
 def inception_report(model, args, data, device):
@@ -652,7 +726,8 @@ def main(name, description, defaults, preset, add_arguments, make_model, argv=No
             largest = max(len(data["trainA"]), len(data["trainB"]))
             args.iteration = math.ceil(args.epochs * largest / args.batch_size)
             print(f"--epochs {args.epochs} of {largest} images, batch {args.batch_size}: --iteration {args.iteration}")
-        run = Run(args, name, new_lr=args.lr if given(argv, parser, "lr") else None)
+        run = Run(args, name, new_lr=args.lr if given(argv, parser, "lr") else None,
+                  command=shlex.join(["python", f"{name}.py", *argv]))
         if args.phase == "test" and distributed.rank() > 0:
             return  # the test phase is rank 0's
         with checkpoints.RunLock(run.root) if distributed.rank() == 0 else contextlib.nullcontext():

@@ -3,10 +3,12 @@ ugatit at a tiny budget: the files it writes, resume, failing runs, Ctrl-C, bad 
 import csv
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
 import time
+from urllib.parse import unquote
 
 import pytest
 
@@ -97,6 +99,11 @@ def test_runs_tables_and_resume(tmp_path):
     saved = json.loads((out / "runs.json").read_text())
     assert len(saved["runs"]) == len(rows) and saved["failed"] == []
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "index.html").read_text()  # the tables, the plot and each run's page, by relative links
+    targets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert all((out / unquote(t)).is_file() for t in targets) and "plot.png" in targets and "w/o CAM − U-GAT-IT" in page
+    assert sorted(t for t in targets if t.endswith("/index.html")) == [
+        f"{row}/seed{s}/ugatit/shapes/index.html" for row in ("U-GAT-IT", "w-o-CAM") for s in (0, 1)]
     results = sorted(out.glob("*/seed*/result.json"))
     assert len(results) == 4 and "--gen_cam False" in (out / "w-o-CAM/seed1/log.txt").read_text()  # the row's flags
     mtimes = [r.stat().st_mtime_ns for r in results]
