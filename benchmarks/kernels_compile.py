@@ -72,6 +72,13 @@ def kernels_by_name():
     return {name: kernel for (_, name), kernel in kernels().items()}
 
 
+def launched():
+    """The names of the kernels the op files launch (`name[grid](...)`), not the device functions they call."""
+    import re
+    sources = "".join(inspect.getsource(importlib.import_module(m)) for m in MODULES)
+    return {name for name in kernels_by_name() if re.search(rf"\b{name}\[", sources)}
+
+
 def specialisation(kernel, args, kwargs):
     """What Triton's JIT compiles a launch for: per parameter (type, attribute) from Triton's own specialiser, as
     JITFunction.run calls it (("constexpr", value) for constexprs and integers equal to 1; "D" where a pointer is
@@ -291,31 +298,52 @@ def compile_one(job):
 
 
 def _worker():
-    """`--worker`: compile the jobs (JSON on stdin), one JSON result per line on stdout."""
-    for job in json.load(sys.stdin):
+    """`--worker`: compile the jobs, one JSON line each on stdin as they come, one JSON result per line on stdout."""
+    for line in sys.stdin:
+        job = json.loads(line)
         try:
             print(json.dumps([job, compile_one(job), None]), flush=True)
         except Exception as e:  # reported, not raised: the table names every failure
             print(json.dumps([job, None, f"{type(e).__name__}: {str(e)[:300]}"]), flush=True)
 
 
-def compile_all(found, targets, processes=os.cpu_count()):
-    """Every recorded specialisation for every target, split over `processes` worker processes (round robin: the
-    specialisations of one kernel cost alike). Returns [(job, (registers, stack, warps, barriers) or None, error or
-    None)]."""
-    jobs = [[key, spec, arch] for key, spec in found for arch in targets]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns unless told; 1 is its default and ours
-    workers = [subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True, env=env, cwd=ROOT) for _ in range(max(1, min(processes, len(jobs))))]
-    for i, w in enumerate(workers):
-        w.stdin.write(json.dumps(jobs[i::len(workers)]))
-        w.stdin.close()
-    results = [json.loads(line) for w in workers for line in w.stdout]
-    for w in workers:
-        if w.wait():
-            raise RuntimeError(f"a compile worker exited with {w.returncode}")
-    return results
+class Compiler:
+    """Worker processes, one per core, that compile jobs as they are submitted (round robin: the specialisations of
+    one kernel cost alike), so that compiling overlaps the recording of what comes next."""
+
+    def __init__(self, targets, processes=os.cpu_count()):
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns unless told; 1 is its default and ours
+        self.targets, self.sent, self.outputs = targets, 0, [tempfile.TemporaryFile("w+") for _ in range(processes)]
+        self.workers = [subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=out,
+                                         text=True, env=env, cwd=ROOT) for out in self.outputs]
+
+    def submit(self, found):
+        for key, spec in found:
+            for arch in self.targets:
+                worker = self.workers[self.sent % len(self.workers)]
+                worker.stdin.write(json.dumps([key, spec, arch]) + "\n")
+                worker.stdin.flush()
+                self.sent += 1
+
+    def results(self):
+        """[(job, (registers, stack, warps, barriers) or None, error or None)] of every job submitted."""
+        for w in self.workers:
+            w.stdin.close()
+            if w.wait():
+                raise RuntimeError(f"a compile worker exited with {w.returncode}")
+        lines = []
+        for out in self.outputs:
+            out.seek(0)
+            lines += [json.loads(line) for line in out]
+            out.close()
+        return lines
+
+
+def compile_all(found, targets):
+    compiler = Compiler(targets)
+    compiler.submit(found)
+    return compiler.results()
 
 
 def occupancy(registers, warps, arch):
@@ -355,7 +383,11 @@ def main():
     if not has_nvidia_backend():
         sys.exit("kernels_compile: the installed Triton has no NVIDIA backend to compile for")
     torch.set_num_threads(1)
-    print(table(compile_all(record() + widest(), archs())))
+    compiler = Compiler(archs())
+    wide = widest()
+    compiler.submit(wide)
+    compiler.submit(sorted(set(record()) - set(wide), key=repr))
+    print(table(compiler.results()))
 
 
 if __name__ == "__main__":

@@ -148,8 +148,8 @@ if triton is not None:
 BLOCK = 256
 # Per kernel: the most channels per step of a program's loop, and its warps. Chosen from the registers per thread
 # the compiled kernels take (benchmarks/kernels_compile.py; sm_80, sm_90, sm_100; fp32, bf16, fp16): the widest
-# channel block that keeps a kernel at or under 64 registers with no spill, where 32 of an SM's 64 warp slots can
-# be filled. Wider blocks take more (_softmax_bwd at 16 channels: 240 registers with 4 warps, 128-164 with 8;
+# channel block that keeps a kernel near 64 registers (at most 72 for every type and target) with no spill, where
+# 32 of an SM's 64 warp slots can be filled. Wider blocks take more (_softmax_bwd at 16 channels: 240 registers with 4 warps, 128-164 with 8;
 # _blend_fwd at 16 and 8 warps: 48-57, but ptxas spills 4 bytes of the bf16 kernel on sm_90), and the kernels read
 # nothing more for narrower ones but the softmax's logits, read again per block.
 CONFIG = {"_blend_fwd": (8, 8), "_blend_bwd": (8, 8), "_softmax_fwd": (8, 8), "_softmax_bwd": (4, 8)}
