@@ -1,7 +1,7 @@
 """Every fused kernel compiled ahead of time for NVIDIA GPUs, without one: sm_80 and sm_90 (and sm_100 where the
 installed Triton targets it), at every specialisation the five scripts launch, recorded from their own calls at
-their CPU presets and paper settings in fp32 and under bf16 and fp16 autocast, and at each kernel's widest channel
-block in the three types (benchmarks/kernels_compile.py). Each must compile to a cubin, and none may spill
+their CPU presets and paper settings in fp32 and under bf16 autocast (those calls again in fp16), and at each
+kernel's widest channel block in the three types (benchmarks/kernels_compile.py). Each must compile to a cubin, and none may spill
 registers (cuobjdump's stack frame 0). The table of registers is printed (pytest -s)."""
 import pytest
 
