@@ -2,7 +2,9 @@
 # What only a CUDA GPU can show, as one markdown report on stdout (about 5-8 minutes on one GPU):
 #   1. the tests on CUDA: the kernels' tests (Triton compiled for the GPU, not interpreted), the --amp tests and
 #      tests/test_gpu.py (all five scripts training on CUDA under bf16 and fp16, exact resume with --deterministic);
-#   2. each fused kernel against its eager reference and torch.compile of it: time, GB/s, % of HBM peak
+#   2. every fused kernel compiled for sm_80/sm_90(/sm_100) at the scripts' specialisations: registers, spills and
+#      the occupancy the registers allow (benchmarks/kernels_compile.py); each fused op against its eager reference
+#      and torch.compile of it: time beside the time its bytes take at HBM peak, GB/s, % of peak
 #      (benchmarks/kernels.py);
 #   3. seconds per training iteration and peak GPU memory of the five scripts at 256 px, paper settings, fp32 and
 #      bf16 (benchmarks/train_step.py);
@@ -29,7 +31,11 @@ timeout 300 python -m pytest -q -p no:cacheprovider tests/test_kernels_adalin.py
     failed=1
 echo '```'
 echo
-echo "## Kernels"
+echo "## Kernels compiled: registers, spills, occupancy (the table tests/test_kernels_compile.py asserts)"
+echo
+step timeout 300 python benchmarks/kernels_compile.py
+echo
+echo "## Kernels: measured time beside the time their bytes take at peak bandwidth"
 step timeout 240 python benchmarks/kernels.py
 echo
 echo "## Training iteration at 256 px (batch: each script's default; 5 timed after 2)"

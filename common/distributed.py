@@ -88,7 +88,7 @@ def average_gradients(optimizer):
     flat = torch.cat([torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device),
                       *[(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]])
     dist.all_reduce(flat)
-    held, flat = flat[:len(params)], flat[len(params):] / world()
+    held, flat = flat[:len(params)].tolist(), flat[len(params):] / world()  # one copy to the host, not one per flag
     for p, has, part in zip(params, held, flat.split([p.numel() for p in params])):
         p.grad = part.view_as(p) if has > 0 else None
 

@@ -61,8 +61,10 @@ def adalin_eq1(x, rho, gamma, beta, eps=1e-5, unbiased=True):
 
 
 def _divisors(C, HW, unbiased):
-    """What the sums of squared deviations are divided by: count − 1 (unbiased) or count, instance then layer."""
-    return (HW - 1, C * HW - 1) if unbiased else (HW, C * HW)
+    """What the sums of squared deviations are divided by: count − 1 (unbiased) or count, instance then layer. A
+    single value (a 1×1 map) is constant: its sum is exactly 0, and a divisor of 1 keeps its variance 0 (the rule
+    for constant maps), where count − 1 = 0 gave 0/0 and a NaN gradient."""
+    return (max(HW - 1, 1), max(C * HW - 1, 1)) if unbiased else (HW, C * HW)
 
 
 def _layer_from_instance(mu_I, m2_I, HW):
@@ -86,7 +88,8 @@ def adalin_reference(x, rho, gamma, beta, eps=1e-5, unbiased=True):
     """Eq. (1) as the CPU path computes it."""
     N, C, H, W = x.shape
     d_I, d_L = _divisors(C, H * W, unbiased)
-    var_I, mu_I = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=unbiased)      # per (n, c)
+    # per (n, c); one value's variance is 0 whatever the divisor (_divisors), where n − 1 = 0 would give 0/0
+    var_I, mu_I = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=int(unbiased and H * W > 1))
     mu_L, m2_L = _layer_from_instance(mu_I, var_I * d_I, H * W)                       # per n
     var_L = m2_L / d_L
     inv_I, inv_L = _inv_std(var_I, eps), _inv_std(var_L, eps)
@@ -354,6 +357,8 @@ def _params(x, *params):
 
 
 def _launch_sizes(x):
+    """Rows, H×W, chunks per row, and the block of every pass: up to BLOCK, no wider than a row, so that a small
+    map (16×16 at the CPU preset) leaves no lanes idle."""
     N, C, H, W = x.shape
     HW = H * W
     return N * C, HW, triton.cdiv(HW, CHUNK), min(BLOCK, triton.next_power_of_2(HW))
@@ -378,7 +383,7 @@ class AdaLINFunction(torch.autograd.Function):
         _coefficients[(N,)](mean, m2, *params, mu_I, var_I, mu_L, var_L, scale, shift, C, HW, d_I, d_L, eps,
                             CHUNK=CHUNK, BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)))
         y = torch.empty_like(x, dtype=result_type(*given))  # the reference's type promotion: fp16 x with fp32 γ gives fp32
-        _row_affine[(rows * triton.cdiv(HW, BLOCK),)](x, mu_I, scale, shift, y, HW, BLOCK=BLOCK)
+        _row_affine[(rows * triton.cdiv(HW, block),)](x, mu_I, scale, shift, y, HW, BLOCK=block)
         ctx.save_for_backward(x, rho, gamma, beta, mu_I, var_I, mu_L, var_L)
         ctx.eps, ctx.d = eps, (d_I, d_L)
         return like_reference(y, lambda *t: adalin_reference(*t, eps, unbiased), *given)
@@ -399,8 +404,10 @@ class AdaLINFunction(torch.autograd.Function):
         _grad_coefficients[(1,)](s1, sc, mu_I, var_I, mu_L, var_L, *params[:6], *grads, *params[7:], scale, a, b,
                                  N, C, HW, *ctx.d, ctx.eps, CHUNK=CHUNK,
                                  BLOCK_N=triton.next_power_of_2(N), BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)))
+        if not ctx.needs_input_grad[0]:  # x's gradient not asked for: the pass that reads x and dy again is skipped
+            return None, *grads, None, None
         dx = torch.empty_like(x)
-        _row_dx[(rows * triton.cdiv(HW, BLOCK),)](x, dy, mu_I, scale, b, a, dx, HW, BLOCK=BLOCK)
+        _row_dx[(rows * triton.cdiv(HW, block),)](x, dy, mu_I, scale, b, a, dx, HW, BLOCK=block)
         return dx, *grads, None, None
 
 

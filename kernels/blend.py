@@ -8,8 +8,9 @@
 
 The `*_reference` functions are the readable math and the CPU path. The Triton kernels read every input once and
 write the output once: a program owns a block of pixels of one image and all its channels, so the reductions over
-channels (for the attention's gradient) and over the n masks need no atomics. Channels are taken 16 at a time, so
-a wide input does not spill registers; beyond 16 the softmax re-reads the logits for each step. The softmax is fused in the
+channels (for the attention's gradient) and over the n masks need no atomics. Channels are taken a block at a time
+(CONFIG, per kernel), so a wide input does not spill registers; beyond one block the softmax re-reads the logits
+for each step. The softmax is fused in the
 "online" way (running maximum and sum, rescaling the accumulator), so neither p nor the products are stored; the
 backward recomputes p from the logits and the saved per-pixel log-sum-exp:
     dc_i = g · p_i,    dx = g · p_n,    dl_i = p_i · Σ_channels g · (v_i − out)    (v_i = c_i, v_n = x).
@@ -64,20 +65,26 @@ if triton is not None:
             tl.store(OUT + offs, (a * c + (1 - a) * x).to(OUT.dtype.element_ty), mask=inside)
 
     @triton.jit
-    def _blend_bwd(X, Cn, A, G, DX, DC, DA, C, HW, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+    def _blend_bwd(X, Cn, A, G, DX, DC, DA, C, HW, NEED_DX: tl.constexpr, NEED_DC: tl.constexpr,
+                   NEED_DA: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+        """The gradients autograd asks for (NEED_*): without da, x and c are not read."""
         n, pix, in_pix = _tile(HW, BLOCK)
         a = tl.load(A + n * HW + pix, mask=in_pix, other=0.0).to(tl.float32)[None, :]
         da = tl.zeros([BLOCK], dtype=tl.float32)
         for c0 in range(0, C, BLOCK_C):
             inside, img = _channels(c0, C, HW, pix, in_pix, BLOCK_C)
             offs = n * C * HW + img
-            x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
-            c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
             g = tl.load(G + offs, mask=inside, other=0.0).to(tl.float32)
-            tl.store(DX + offs, (g * (1 - a)).to(DX.dtype.element_ty), mask=inside)
-            tl.store(DC + offs, (g * a).to(DC.dtype.element_ty), mask=inside)
-            da += tl.sum(tl.where(inside, g * (c - x), 0.0), axis=0)
-        tl.store(DA + n * HW + pix, da.to(DA.dtype.element_ty), mask=in_pix)
+            if NEED_DX:
+                tl.store(DX + offs, (g * (1 - a)).to(DX.dtype.element_ty), mask=inside)
+            if NEED_DC:
+                tl.store(DC + offs, (g * a).to(DC.dtype.element_ty), mask=inside)
+            if NEED_DA:
+                x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
+                c = tl.load(Cn + offs, mask=inside, other=0.0).to(tl.float32)
+                da += tl.sum(tl.where(inside, g * (c - x), 0.0), axis=0)
+        if NEED_DA:
+            tl.store(DA + n * HW + pix, da.to(DA.dtype.element_ty), mask=in_pix)
 
     @triton.jit
     def _softmax_fwd(X, Cn, L, OUT, LSE, C, HW, NM, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
@@ -105,36 +112,71 @@ if triton is not None:
             tl.store(LSE + n * HW + pix, m + tl.log(s), mask=in_pix)  # the same at every step
 
     @triton.jit
-    def _softmax_bwd(X, Cn, L, OUT, LSE, G, DX, DC, DL, C, HW, NM, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-        """dl's sum over channels goes block by block into DL itself: this program alone owns those pixels."""
+    def _softmax_bwd(X, Cn, L, OUT, LSE, G, DX, DC, DL, C, HW, NM, NEED_DX: tl.constexpr, NEED_DC: tl.constexpr,
+                     NEED_DL: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+        """The gradients autograd asks for (NEED_*). dl's sum over channels goes block by block into DL itself:
+        this program alone owns those pixels. A block's reload of DL may come from other threads than the previous
+        block's store (the compiler picks both layouts), so a barrier, which makes the block's global writes
+        visible to all its threads, separates the channel blocks."""
         n, pix, in_pix = _tile(HW, BLOCK)
         lse = tl.load(LSE + n * HW + pix, mask=in_pix, other=0.0)
         for c0 in range(0, C, BLOCK_C):
+            if NEED_DL:
+                tl.debug_barrier()
             inside, img = _channels(c0, C, HW, pix, in_pix, BLOCK_C)
             g = tl.load(G + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-            out = tl.load(OUT + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+            if NEED_DL:
+                out = tl.load(OUT + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
             for i in range(NM):
                 p = tl.exp(tl.load(L + (n * NM + i) * HW + pix, mask=in_pix, other=0.0).to(tl.float32) - lse)
                 if i < NM - 1:
-                    v = tl.load(Cn + (n * (NM - 1) + i) * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-                    tl.store(DC + (n * (NM - 1) + i) * C * HW + img, (g * p[None, :]).to(DC.dtype.element_ty),
-                             mask=inside)
+                    v = tl.load(Cn + (n * (NM - 1) + i) * C * HW + img, mask=inside & NEED_DL,
+                                other=0.0).to(tl.float32)
+                    if NEED_DC:
+                        tl.store(DC + (n * (NM - 1) + i) * C * HW + img, (g * p[None, :]).to(DC.dtype.element_ty),
+                                 mask=inside)
                 else:
-                    v = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
-                    tl.store(DX + n * C * HW + img, (g * p[None, :]).to(DX.dtype.element_ty), mask=inside)
-                dl = p * tl.sum(tl.where(inside, g * (v - out), 0.0), axis=0)
-                dl_at = DL + (n * NM + i) * HW + pix
-                dl += tl.load(dl_at, mask=in_pix & (c0 > 0), other=0.0).to(tl.float32)
-                tl.store(dl_at, dl.to(DL.dtype.element_ty), mask=in_pix)
-
+                    v = tl.load(X + n * C * HW + img, mask=inside & NEED_DL, other=0.0).to(tl.float32)
+                    if NEED_DX:
+                        tl.store(DX + n * C * HW + img, (g * p[None, :]).to(DX.dtype.element_ty), mask=inside)
+                if NEED_DL:
+                    dl = p * tl.sum(tl.where(inside, g * (v - out), 0.0), axis=0)
+                    dl_at = DL + (n * NM + i) * HW + pix
+                    dl += tl.load(dl_at, mask=in_pix & (c0 > 0), other=0.0).to(tl.float32)
+                    tl.store(dl_at, dl.to(DL.dtype.element_ty), mask=in_pix)
 
 BLOCK = 256
-MAX_BLOCK_C = 16  # channels per step of a program's loop: 16 × 256 values per tensor stay in registers
+# Per kernel: the most channels per step of a program's loop, and its warps. Chosen from the registers per thread
+# the compiled kernels take (benchmarks/kernels_compile.py; sm_80, sm_90, sm_100; fp32, bf16, fp16): the widest
+# channel block that keeps a kernel near 64 registers (at most 72 for every type and target) with no spill, where
+# 32 of an SM's 64 warp slots can be filled. Wider blocks take more (_softmax_bwd at 16 channels: 240 registers with 4 warps, 128-164 with 8;
+# _blend_fwd at 16 and 8 warps: 48-57, but ptxas spills 4 bytes of the bf16 kernel on sm_90), and the kernels read
+# nothing more for narrower ones but the softmax's logits, read again per block.
+CONFIG = {"_blend_fwd": (8, 8), "_blend_bwd": (8, 8), "_softmax_fwd": (8, 8), "_softmax_bwd": (4, 8)}
 
 
-def _grid(x):
+def _grid(x, kernel):
+    """The launch grid, C, H×W, and the kernel's channel block and warps."""
     N, C, H, W = x.shape
-    return (N * triton.cdiv(H * W, BLOCK),), C, H * W, min(triton.next_power_of_2(C), MAX_BLOCK_C)
+    block_c, warps = CONFIG[kernel]
+    return (N * triton.cdiv(H * W, BLOCK),), C, H * W, dict(BLOCK_C=min(triton.next_power_of_2(C), block_c),
+                                                             BLOCK=BLOCK, num_warps=warps)
+
+
+def _needed(ctx):
+    """Which of the three inputs' gradients autograd asks for (the input image's, often, or UAIT's frozen attention
+    in stage 2, not): the kernels skip the others' stores and what only they read."""
+    return tuple(bool(n) for n in ctx.needs_input_grad[:3])
+
+
+def _grads(ctx, *inputs):
+    """Uninitialised gradients of the inputs, None where autograd asks for none."""
+    return [torch.empty_like(t) if need else None for t, need in zip(inputs, _needed(ctx))]
+
+
+def _or_any(*grads, like):
+    """The kernels' gradient pointers: a gradient not asked for is never written, any tensor serves."""
+    return [like if g is None else g for g in grads]
 
 
 class BlendFunction(torch.autograd.Function):
@@ -143,8 +185,8 @@ class BlendFunction(torch.autograd.Function):
         given = x, content, attention
         x, content, attention = x.contiguous(), content.contiguous(), attention.contiguous()
         out = torch.empty_like(x, dtype=result_type(*given))  # the reference's type: fp16 x, fp32 a give fp32
-        grid, C, HW, BLOCK_C = _grid(x)
-        _blend_fwd[grid](x, content, attention, out, C, HW, BLOCK_C=BLOCK_C, BLOCK=BLOCK)
+        grid, C, HW, meta = _grid(x, "_blend_fwd")
+        _blend_fwd[grid](x, content, attention, out, C, HW, **meta)
         ctx.save_for_backward(x, content, attention)
         return like_reference(out, blend_reference, *given)
 
@@ -152,9 +194,10 @@ class BlendFunction(torch.autograd.Function):
     @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises
     def backward(ctx, g):
         x, content, attention = ctx.saved_tensors
-        dx, dc, da = torch.empty_like(x), torch.empty_like(content), torch.empty_like(attention)
-        grid, C, HW, BLOCK_C = _grid(x)
-        _blend_bwd[grid](x, content, attention, g.contiguous(), dx, dc, da, C, HW, BLOCK_C=BLOCK_C, BLOCK=BLOCK)
+        dx, dc, da = _grads(ctx, x, content, attention)
+        grid, C, HW, meta = _grid(x, "_blend_bwd")
+        _blend_bwd[grid](x, content, attention, g.contiguous(), *_or_any(dx, dc, da, like=x), C, HW,
+                         *_needed(ctx), **meta)
         return dx, dc, da
 
 
@@ -165,8 +208,8 @@ class BlendSoftmaxFunction(torch.autograd.Function):
         x, content, logits = x.contiguous(), content.contiguous(), logits.contiguous()
         out = torch.empty_like(x, dtype=result_type(*given))
         lse = torch.empty(x.shape[0], *x.shape[2:], device=x.device, dtype=torch.float32)
-        grid, C, HW, BLOCK_C = _grid(x)
-        _softmax_fwd[grid](x, content, logits, out, lse, C, HW, logits.shape[1], BLOCK_C=BLOCK_C, BLOCK=BLOCK)
+        grid, C, HW, meta = _grid(x, "_softmax_fwd")
+        _softmax_fwd[grid](x, content, logits, out, lse, C, HW, logits.shape[1], **meta)
         ctx.save_for_backward(x, content, logits, out, lse)
         return like_reference(out, blend_softmax_reference, *given)
 
@@ -174,10 +217,10 @@ class BlendSoftmaxFunction(torch.autograd.Function):
     @once_differentiable  # the kernels' backward is not itself differentiable: a double backward raises
     def backward(ctx, g):
         x, content, logits, out, lse = ctx.saved_tensors
-        dx, dc, dl = torch.empty_like(x), torch.empty_like(content), torch.empty_like(logits)
-        grid, C, HW, BLOCK_C = _grid(x)
-        _softmax_bwd[grid](x, content, logits, out, lse, g.contiguous(), dx, dc, dl, C, HW, logits.shape[1],
-                           BLOCK_C=BLOCK_C, BLOCK=BLOCK)
+        dx, dc, dl = _grads(ctx, x, content, logits)
+        grid, C, HW, meta = _grid(x, "_softmax_bwd")
+        _softmax_bwd[grid](x, content, logits, out, lse, g.contiguous(), *_or_any(dx, dc, dl, like=x), C, HW,
+                           logits.shape[1], *_needed(ctx), **meta)
         return dx, dc, dl
 
 

@@ -13,8 +13,8 @@ one k means the same soft edge at every resolution: the edge rises from 12% to 8
 `box_masks` and `box_crop_reference` are the readable math and the CPU path. The Triton kernels compute M in
 registers from the four numbers of a box, so neither the masks nor their derivatives are stored: the forward
 reads X once per box and writes R; the backward reads X and dR once, writes dX = Σ_i dR_i ∘ M_i, and leaves per
-(image, box, pixel block, block of 16 channels) partial sums of the box gradients, which the host adds up (no
-atomics). Channels are taken 16 at a time, so a wide input does not spill registers.
+(image, box, pixel block, block of channels) partial sums of the box gradients, which the host adds up (no
+atomics). Channels are taken a block at a time (CONFIG), so a wide input does not spill registers.
 """
 import torch
 from torch.autograd.function import once_differentiable
@@ -88,10 +88,12 @@ if triton is not None:
             tl.store(R + nb * C * HW + img, (x * (m_x * m_y)[None, :]).to(R.dtype.element_ty), mask=inside)
 
     @triton.jit
-    def _crop_bwd(X, BOX, DR, DX, PART, B, C, H, W, k, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+    def _crop_bwd(X, BOX, DR, DX, PART, B, C, H, W, k, NEED_DX: tl.constexpr, NEED_BOX: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
         """One program per (image, pixel block), channels BLOCK_C at a time: dX of those channels summed over the
         boxes, and each box's gradient sums over those pixels and channels, stored per channel block (the box
-        gradients are linear in Σ_channels dR · X), for the host to add up."""
+        gradients are linear in Σ_channels dR · X), for the host to add up. Only what autograd asks for (NEED_*):
+        without the boxes' gradients X is not read."""
         HW = H * W
         blocks = tl.cdiv(HW, BLOCK)  # 1-D grid, images × blocks, as in _crop_fwd
         pid = tl.program_id(0).to(tl.int64)
@@ -103,29 +105,36 @@ if triton is not None:
             ch = c0 + tl.arange(0, BLOCK_C)
             inside = (ch[:, None] < C) & in_pix[None, :]
             img = ch[:, None] * HW + pix[None, :]
-            x = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
+            if NEED_BOX:
+                x = tl.load(X + n * C * HW + img, mask=inside, other=0.0).to(tl.float32)
             dx = tl.zeros([BLOCK_C, BLOCK], dtype=tl.float32)
             for b in range(B):
                 nb = n * B + b
                 m_x, m_y, dx_lo, dx_hi, dy_lo, dy_hi = _box(BOX, nb, H, W, pix, k)
                 dr = tl.load(DR + nb * C * HW + img, mask=inside, other=0.0).to(tl.float32)
                 dx += dr * (m_x * m_y)[None, :]
-                g = tl.where(in_pix, tl.sum(dr * x, axis=0), 0.0)       # dL/dM_b at each pixel, these channels
-                gx, gy = g * m_y, g * m_x                                 # dL/dm_x, dL/dm_y
-                part = PART + ((nb * blocks + blk) * steps + c0 // BLOCK_C) * 4
-                tl.store(part + 0, tl.sum(gx * (dx_lo + dx_hi), axis=0))   # by x_i: both edges move
-                tl.store(part + 1, tl.sum(gy * (dy_lo + dy_hi), axis=0))   # by y_i
-                tl.store(part + 2, tl.sum(gx * (dx_hi - dx_lo), axis=0))   # by w_i: left = x_i − w_i, right = x_i + w_i
-                tl.store(part + 3, tl.sum(gy * (dy_hi - dy_lo), axis=0))   # by h_i
-            tl.store(DX + n * C * HW + img, dx.to(DX.dtype.element_ty), mask=inside)
+                if NEED_BOX:
+                    g = tl.where(in_pix, tl.sum(dr * x, axis=0), 0.0)       # dL/dM_b at each pixel, these channels
+                    gx, gy = g * m_y, g * m_x                                 # dL/dm_x, dL/dm_y
+                    part = PART + ((nb * blocks + blk) * steps + c0 // BLOCK_C) * 4
+                    tl.store(part + 0, tl.sum(gx * (dx_lo + dx_hi), axis=0))   # by x_i: both edges move
+                    tl.store(part + 1, tl.sum(gy * (dy_lo + dy_hi), axis=0))   # by y_i
+                    tl.store(part + 2, tl.sum(gx * (dx_hi - dx_lo), axis=0))   # by w_i: left = x_i − w_i, right = x_i + w_i
+                    tl.store(part + 3, tl.sum(gy * (dy_hi - dy_lo), axis=0))   # by h_i
+            if NEED_DX:
+                tl.store(DX + n * C * HW + img, dx.to(DX.dtype.element_ty), mask=inside)
 
 
 BLOCK = 256
-MAX_BLOCK_C = 16  # channels per step of a program's loop, as in kernels/blend.py
+# Channels per step of a program's loop and warps, per kernel, chosen from the compiled registers as in
+# kernels/blend.py: 8 warps halve the values each thread holds; _crop_bwd's registers (122-128 at 8 warps, 228-230
+# at 4) do not depend on the channel block, which is therefore the widest.
+CONFIG = {"_crop_fwd": (16, 8), "_crop_bwd": (16, 8)}
 
 
-def _block_c(C):
-    return min(triton.next_power_of_2(C), MAX_BLOCK_C)
+def _meta(C, kernel):
+    block_c, warps = CONFIG[kernel]
+    return dict(BLOCK_C=min(triton.next_power_of_2(C), block_c), BLOCK=BLOCK, num_warps=warps)
 
 
 class BoxCropFunction(torch.autograd.Function):
@@ -138,7 +147,7 @@ class BoxCropFunction(torch.autograd.Function):
         boxes = torch.cat([centres, halves], -1).float().contiguous()    # N×B×4: x, y, w, h
         R = torch.empty(N, B, C, H, W, device=X.device, dtype=result_type(*given))  # the reference's type
         grid = (N * B * triton.cdiv(H * W, BLOCK),)
-        _crop_fwd[grid](X, boxes, R, B, C, H, W, float(k), BLOCK_C=_block_c(C), BLOCK=BLOCK)
+        _crop_fwd[grid](X, boxes, R, B, C, H, W, float(k), **_meta(C, "_crop_fwd"))
         ctx.save_for_backward(X, boxes)
         ctx.k, ctx.dtypes = k, (centres.dtype, halves.dtype)
         return like_reference(R, lambda *t: box_crop_reference(*t, k), *given)
@@ -149,11 +158,15 @@ class BoxCropFunction(torch.autograd.Function):
         X, boxes = ctx.saved_tensors
         N, C, H, W = X.shape
         B = boxes.shape[1]
-        blocks, BLOCK_C = triton.cdiv(H * W, BLOCK), _block_c(C)
-        dX = torch.empty_like(X)
-        partial = torch.empty(N, B, blocks, triton.cdiv(C, BLOCK_C), 4, device=X.device, dtype=torch.float32)
-        _crop_bwd[(N * blocks,)](X, boxes, dR.contiguous(), dX, partial, B, C, H, W, float(ctx.k),
-                               BLOCK_C=BLOCK_C, BLOCK=BLOCK)
+        blocks, meta = triton.cdiv(H * W, BLOCK), _meta(C, "_crop_bwd")
+        need_dx, need_box = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:3])  # what autograd asks for
+        dX = torch.empty_like(X) if need_dx else None
+        partial = torch.empty(N, B, blocks, triton.cdiv(C, meta["BLOCK_C"]) if need_box else 0, 4, device=X.device,
+                              dtype=torch.float32)
+        _crop_bwd[(N * blocks,)](X, boxes, dR.contiguous(), X if dX is None else dX, partial, B, C, H, W,
+                                 float(ctx.k), need_dx, need_box, **meta)
+        if not need_box:
+            return dX, None, None, None
         g = partial.sum((2, 3))                                          # N×B×4
         return dX, g[..., :2].to(ctx.dtypes[0]), g[..., 2:].to(ctx.dtypes[1]), None
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from common import distributed
 from conftest import ROOT
@@ -113,6 +114,33 @@ def test_each_step_is_split_among_the_ranks_as_one_process_takes_it():
         assert len(shards[-1]) == len(shard) == len(steps) * B
     merged = [k for s in range(len(steps)) for r in range(2) for k in shards[r][s * B:(s + 1) * B]]
     assert merged == one == list(range(steps.start * 2 * B, steps.stop * 2 * B))
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the reads of one tensor element by the host (each a synchronisation with a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_averaging_reads_the_flags_of_which_parameters_have_gradients_in_one_copy(monkeypatch):
+    """One flag per parameter says which have a gradient on some rank: they reach the host in one copy per step,
+    where a comparison read per parameter meant one synchronisation each with the GPU."""
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda t: t.mul_(2))  # two ranks with these gradients
+    params = [torch.nn.Parameter(torch.zeros(2)) for _ in range(5)]
+    for p in params[::2]:
+        p.grad = torch.ones(2)
+    with HostReads() as reads:
+        distributed.average_gradients(torch.optim.SGD(params, lr=1))
+    assert reads.count == 0
+    assert [p.grad is not None for p in params] == [True, False, True, False, True]
+    assert all((p.grad == 1).all() for p in params[::2])
 
 
 def _ranks(r, init_file, out):

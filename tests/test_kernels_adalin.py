@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels.adalin
 import ugatit
+from benchmarks.kernels_compile import kernels_by_name, replay
 from conftest import ROOT, layouts_agree, strided
 from kernels import backend
 from kernels.adalin import AdaLINFunction, adalin, adalin_eq1, adalin_reference
@@ -217,7 +218,8 @@ def constant_maps_eq1(x, rho, gamma, beta, unbiased):
 
 
 @pytest.mark.parametrize("impl", ["reference", "triton"])
-@pytest.mark.parametrize("shape, unbiased", [((2, 5, 7, 9), True), ((2, 5, 7, 9), False), ((2, 3, 1, 1), False)])
+@pytest.mark.parametrize("shape, unbiased", [((2, 5, 7, 9), True), ((2, 5, 7, 9), False), ((2, 3, 1, 1), False),
+                                            ((3, 5, 1, 1), True)])
 @pytest.mark.parametrize("whole_image", [False, True])
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_constant_maps_have_no_instance_term(impl, shape, unbiased, whole_image, adaptive):
@@ -237,6 +239,30 @@ def test_constant_maps_have_no_instance_term(impl, shape, unbiased, whole_image,
                           torch.autograd.grad(ref, ref_args, dy.double())):
         assert torch.isfinite(a).all(), name
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_one_pixel_maps_with_the_unbiased_variance_pass_no_gradient(impl, adaptive):
+    """1×1 maps with the unbiased variance (the default): each map is one value, constant, so with ρ = 1 (the
+    instance term alone) the output is β and dx is exactly 0. The divisor n − 1 = 0 made dx NaN on both paths."""
+    x, _, gamma, beta = inputs((3, 5, 1, 1), adaptive)
+    rho = torch.ones(1, 5, 1, 1, device=DEVICE, requires_grad=True)
+    y = (AdaLINFunction.apply(x, rho, gamma, beta, 1e-5, True) if impl == "triton" else
+         adalin_reference(x, rho, gamma, beta, unbiased=True))
+    dx, = torch.autograd.grad(y, x, torch.randn_like(y))
+    assert (dx == 0).all(), dx
+
+
+def test_small_maps_take_blocks_as_wide_as_a_row():
+    """16×16 maps (U-GAT-IT's CPU preset): every pass, the elementwise ones too, takes blocks of 256, where blocks
+    of 1024 left three quarters of the lanes masked."""
+    found = set()
+    replay(adalin, inputs((1, 64, 16, 16), adaptive=True), found)
+    blocks = {name: dict(zip(kernels_by_name()[name].arg_names, (v for _, v in types)))["BLOCK"]
+              for (_, name), (types, _) in found if "BLOCK" in kernels_by_name()[name].arg_names}
+    assert set(blocks) == {"_chunk_moments", "_row_affine", "_chunk_grad_sums", "_row_dx"}
+    assert set(blocks.values()) == {256}, blocks
 
 
 def test_a_second_backward_through_the_kernels_raises():

@@ -116,10 +116,13 @@ def test_a_second_backward_through_the_kernels_raises(softmax):
         dx.sum().backward()
 
 
-def test_a_wide_input_takes_its_channels_sixteen_at_a_time():
-    """An uncapped power-of-two channel tile (256 × 256 values per tensor at C = 256) would spill registers."""
-    from kernels.blend import _grid
-    assert [_grid(torch.empty(1, C, 4, 4))[3] for C in (1, 3, 16, 17, 256)] == [1, 4, 16, 16, 16]
+def test_a_wide_input_takes_its_channels_a_block_at_a_time():
+    """An uncapped power-of-two channel tile (256 × 256 values per tensor at C = 256) would spill registers: each
+    kernel takes at most its own block (chosen from the compiled registers, tests/test_kernels_compile.py)."""
+    from kernels.blend import CONFIG, _grid
+    for kernel, (cap, _) in CONFIG.items():
+        blocks = [_grid(torch.empty(1, C, 4, 4), kernel)[3]["BLOCK_C"] for C in (1, 3, 16, 17, 256)]
+        assert blocks == [1, 4, min(16, cap), cap, cap], kernel
 
 
 def blends(shape, n=None):
