@@ -76,7 +76,7 @@ SCHEME_DEFAULTS = {  # the flags whose default is None, per scheme: §4.1's sett
 }
 R_CURRICULUM, R_AFTER = 0.01, 0.5  # r of Eq. 9, §4.1
 # `python attentiongan.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes.
-SHAPES_PRESET = dict(img_size=64, ch=16, ndf=16, n_res=3, iteration=2000, print_freq=200, save_freq=500)
+CPU_PRESET = dict(img_size=64, ch=16, ndf=16, n_res=3, iteration=2000, print_freq=200, save_freq=500)
 # Table 1's rows for benchmarks/ablation.py: row -> the flags that make it, the full model first. The paper's
 # ablation is on AR Face, so every row takes scheme I with the face setting (the pixel loss exists only there);
 # "Full - AD - AG" is the no-attention row (CycleGAN's generator).
@@ -362,4 +362,4 @@ def make_model(args, device):
 
 
 if __name__ == "__main__":
-    main("attentiongan", __doc__.split("\n\n")[0], DEFAULTS, SHAPES_PRESET, add_arguments, make_model)
+    main("attentiongan", __doc__.split("\n\n")[0], DEFAULTS, CPU_PRESET, add_arguments, make_model)

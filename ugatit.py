@@ -54,7 +54,7 @@ DEFAULTS = {
     "n_dis": (6, "Table 6: 6 conv layers in the global discriminator, 4 in the local (authors' TF code's n_dis)"),
 }
 # `python ugatit.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes.
-SHAPES_PRESET = dict(img_size=64, ch=16, light=True, n_dis=5, iteration=2000, print_freq=200, save_freq=500)
+CPU_PRESET = dict(img_size=64, ch=16, light=True, n_dis=5, iteration=2000, print_freq=200, save_freq=500)
 # Table 1's rows for benchmarks/ablation.py: row -> the flags that make it, the full model first. "w/o CAM" is the
 # no-attention row.
 ABLATIONS = {"Table 1": {
@@ -156,12 +156,12 @@ class Generator(nn.Module):
     up-sampling). `light` feeds the MLP the globally pooled a(x) instead of all of it (authors' light mode; the
     full MLP's first layer has (S/4)²·4ch inputs, 268M weights at 256 px)."""
 
-    def __init__(self, ch=64, n_res=4, img_size=256, light=False, norm="adalin", gen_cam=True, img_ch=3):
+    def __init__(self, ch=64, n_res=4, img_size=256, light=False, norm="adalin", gen_cam=True):
         super().__init__()
         C = 4 * ch
         self.light = light
         self.encoder = nn.Sequential(
-            *conv(img_ch, ch, 7, bias=False), InstanceNorm2d(ch), nn.ReLU(True),
+            *conv(3, ch, 7, bias=False), InstanceNorm2d(ch), nn.ReLU(True),
             *conv(ch, 2 * ch, 3, 2, bias=False), InstanceNorm2d(2 * ch), nn.ReLU(True),
             *conv(2 * ch, C, 3, 2, bias=False), InstanceNorm2d(C), nn.ReLU(True),
             *[ResnetBlock(C, bias=False) for _ in range(n_res)])
@@ -185,7 +185,7 @@ class Generator(nn.Module):
             nn.ReLU(True),
             nn.Upsample(scale_factor=2, mode="nearest"), *conv(C // 2, C // 4, 3, bias=False), up_norm(C // 4),
             nn.ReLU(True),
-            *conv(C // 4, img_ch, 7, bias=False), nn.Tanh())
+            *conv(C // 4, 3, 7, bias=False), nn.Tanh())
         init_normal(self)
 
     def forward(self, x):
@@ -205,10 +205,10 @@ class Discriminator(nn.Module):
     Below 96 px the released code crashes (the global map shrinks to nothing); here the encoder stops halving
     once the map is 3×3, so every --img_size from 32 up works and 96 px and up is unchanged."""
 
-    def __init__(self, n_convs, img_size=256, ch=64, img_ch=3, dis_cam=True):
+    def __init__(self, n_convs, img_size=256, ch=64, dis_cam=True):
         super().__init__()
         n_down = min(n_convs - 1, int(math.log2(img_size / 3)))
-        layers, c = [*conv(img_ch, ch, 4, 2, layer=SNConv2d), nn.LeakyReLU(0.2, True)], ch
+        layers, c = [*conv(3, ch, 4, 2, layer=SNConv2d), nn.LeakyReLU(0.2, True)], ch
         for _ in range(n_down - 1):
             layers += [*conv(c, 2 * c, 4, 2, layer=SNConv2d), nn.LeakyReLU(0.2, True)]
             c *= 2
@@ -263,8 +263,8 @@ class UGATIT:
 
     def __init__(self, args, device):
         g = dict(ch=args.ch, n_res=args.n_res, img_size=args.img_size, light=args.light, norm=args.norm,
-                 gen_cam=args.gen_cam, img_ch=args.img_ch)
-        d = dict(img_size=args.img_size, ch=args.ch, img_ch=args.img_ch, dis_cam=args.dis_cam)
+                 gen_cam=args.gen_cam)
+        d = dict(img_size=args.img_size, ch=args.ch, dis_cam=args.dis_cam)
         self.genA2B, self.genB2A = Generator(**g).to(device), Generator(**g).to(device)
         self.disGA, self.disGB = (Discriminator(args.n_dis, **d).to(device) for _ in "AB")      # global
         self.disLA, self.disLB = (Discriminator(args.n_dis - 2, **d).to(device) for _ in "AB")  # local
@@ -405,4 +405,4 @@ def make_model(args, device):
 
 
 if __name__ == "__main__":
-    main("ugatit", __doc__.split("\n\n")[0], DEFAULTS, SHAPES_PRESET, add_arguments, make_model)
+    main("ugatit", __doc__.split("\n\n")[0], DEFAULTS, CPU_PRESET, add_arguments, make_model)

@@ -53,7 +53,7 @@ def main():
     parser = build_parser("ugatit", "", ugatit.DEFAULTS)
     ugatit.add_arguments(parser)
     args = parser.parse_args([])
-    args.__dict__.update(ugatit.SHAPES_PRESET)
+    args.__dict__.update(ugatit.CPU_PRESET)
     A, B = (ShapesDomain(d, "train", args.img_size) for d in "AB")
     runs = {}
     for label, cls in (("one batch (ours)", ugatit.UGATIT), ("two passes (authors')", TwoPasses)):

@@ -497,8 +497,8 @@ class UnpairedSteps(Dataset):
     Each domain is walked in a fresh random order every epoch of its own length, so A and B are paired differently
     every time, and nothing depends on what was drawn before k: resuming or changing the number of workers changes
     no batch. With `paired`, b is the image of a's index with a's flip and crop (trainA[i] and trainB[i] are one
-    scene). With `info`, a sample is (a, b, info): the two images' indices and labels (-1 for none), for models
-    that keep per-image state (GuideGAN's attention cache) or learn from labels (DA-GAN).
+    scene). With `info`, a sample is (a, b, info): the two images' labels (-1 for none), for models that learn
+    from labels (DA-GAN).
     """
 
     def __init__(self, A, B, seed: int = 0, paired: bool = False, info: bool = False):
@@ -542,7 +542,7 @@ class UnpairedSteps(Dataset):
             i, j = _stand_in(self.A, i), _stand_in(self.B, j)
         if not self.info:
             return a, b
-        return a, b, {"index_A": i, "index_B": j, "label_A": _label(self.A, i), "label_B": _label(self.B, j)}
+        return a, b, {"label_A": _label(self.A, i), "label_B": _label(self.B, j)}
 
 
 def _stand_in(domain, i: int) -> int:

@@ -14,8 +14,8 @@ and optionally
                                   samples and the test phase instead of input | attention over the input | output
     directions   the directions it translates, if not both ("A2B",): DA-GAN learns one mapping
     paired       True: train on paired data, trainA[i] with trainB[i] (supervised GuideGAN)
-    batch_info   True: train_step(real_A, real_B, info), info holding each image's index and label (-1 for none)
-                 as tensors "index_A", "index_B", "label_A", "label_B"
+    batch_info   True: train_step(real_A, real_B, info), info holding each image's label (-1 for none) as
+                 tensors "label_A", "label_B"
 The harness sets `model.progress`, the fraction of --iteration done, before each train_step: the papers' schedules
 in epochs ("switch at epoch 30 of 100") follow it, and so scale with the length of the run.
 
@@ -105,7 +105,6 @@ def build_parser(name, description, defaults):
     arg("--lr", float, "Adam learning rate")
     arg("--weight_decay", float, "Adam weight decay")
     arg("--img_size", int, "training crop size S (images are resized to 286/256 of S first)")
-    p.add_argument("--img_ch", type=int, default=3, choices=(3,), help="image channels; RGB only (default 3)")
     p.add_argument("--result_dir", default="runs", help="runs go to <result_dir>/<model>/<dataset>/ (default runs)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "
                                                      "(default auto)")
@@ -207,12 +206,12 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def lr_factor(iteration, decay, start=0.5):
-    """Constant until the fraction `start` of the run, then linear towards 0 (U-GAT-IT §B.2 and CycleGAN: half;
+def lr_factor(iteration, decay, decay_from=0.5):
+    """Constant until the fraction `decay_from` of the run, then linear towards 0 (U-GAT-IT §B.2 and CycleGAN: half;
     GuideGAN: 100 of 150 epochs). Iteration `step` (from 0) uses the factor; the last one gets 1/(iteration − first),
     not 0. U-GAT-IT's released code is one iteration ahead (its factor at `step` is ours at step + 1), so its last
     update has lr 0 and changes nothing."""
-    first = int(iteration * start)
+    first = int(iteration * decay_from)
 
     def factor(step):
         if not decay or step < first:
@@ -426,10 +425,10 @@ def restore(model, schedulers, state, run, lr):
 
 
 def train(model, args, data, run, device):
-    start = args.decay_epoch / args.epochs if hasattr(args, "decay_epoch") else 0.5
-    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_factor(args.iteration, args.decay_flag, start))
+    decay_from = args.decay_epoch / args.epochs if hasattr(args, "decay_epoch") else 0.5
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_factor(args.iteration, args.decay_flag, decay_from))
                   for k, o in model.optimizers.items()}
-    start = 0
+    start = 0  # the first step: 0, or the checkpoint's
     if args.resume and checkpoints.exists(run.checkpoint):
         state = resume_state(run)
         restore(model, schedulers, state, run, run.new_lr)

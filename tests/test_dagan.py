@@ -29,9 +29,7 @@ def model(*argv):
 
 def batch(n=4, labels_B=(1, 2, -1, 3), labels_A=(5, -1, 6, 7)):
     s, t = torch.rand(n, 3, 32, 32) * 2 - 1, torch.rand(n, 3, 32, 32) * 2 - 1
-    index = torch.arange(n)
-    return s, t, {"index_A": index, "index_B": index, "label_A": torch.tensor(labels_A[:n]),
-                  "label_B": torch.tensor(labels_B[:n])}
+    return s, t, {"label_A": torch.tensor(labels_A[:n]), "label_B": torch.tensor(labels_B[:n])}
 
 
 def unit(x):

@@ -115,8 +115,8 @@ def test_paper_hyperparameters_are_the_defaults():
     assert m.switch == 0.3 and m.cycle_weight == 10
     for opt in m.optimizers.values():
         assert opt.param_groups[0]["betas"] == (0.5, 0.999) and opt.param_groups[0]["weight_decay"] == 0
-    preset = parse_args(parser, [], uait.SHAPES_PRESET)
-    assert preset.dataset == "shapes" and preset.img_size == 64 and preset.iteration == uait.SHAPES_PRESET["iteration"]
+    preset = parse_args(parser, [], uait.CPU_PRESET)
+    assert preset.dataset == "shapes" and preset.img_size == 64 and preset.iteration == uait.CPU_PRESET["iteration"]
     assert preset.switch_epoch == 60  # the preset's own switch (docs/uait.md); real data keeps the paper's 30
 
 
