@@ -277,7 +277,7 @@ class DAGAN:
         return box_masks(centres, halves, x.shape[2], x.shape[3], self.k)
 
     def boxes(self, x):
-        """The boxes' centres and half-sizes (B×N×2, Eq. 1-2), None without the DAE: what common.digits scores
+        """The boxes' centres and half-sizes (B×N×2, Eq. 1-2), None without the DAE: what common.datasets.digits scores
         against the labelled digit's true box."""
         return self.DAE.boxes(x) if self.DAE.attend else None
 

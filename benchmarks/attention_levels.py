@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.metrics import on_scale  # noqa: E402
-from common.shapes import ShapesDomain  # noqa: E402
+from common.datasets.shapes import ShapesDomain  # noqa: E402
 from common.train import UsageError, build_parser, load_checkpoint, load_nets, our_nets  # noqa: E402
 
 

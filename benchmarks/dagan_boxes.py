@@ -29,7 +29,7 @@ from ablation import format_difference, paired_difference
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dagan  # noqa: E402
-from common import digits  # noqa: E402
+from common.datasets import digits  # noqa: E402
 from common.data import load_data  # noqa: E402
 from common.train import UsageError, build_parser, load_checkpoint, load_nets, our_nets  # noqa: E402
 
@@ -43,7 +43,7 @@ def grid(radius, size):
 
 
 def true_centres(domain, indices):
-    """The centre of each labelled digit's box (common.digits), in the same units: len(indices) × 2."""
+    """The centre of each labelled digit's box (common.datasets.digits), in the same units: len(indices) × 2."""
     return torch.stack([domain.render(i)[2][:2] + domain.render(i)[2][2:] - 1 for i in indices])
 
 

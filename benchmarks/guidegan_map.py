@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import guidegan  # noqa: E402
-from common import shapes_paired  # noqa: E402
+from common.datasets import shapes_paired  # noqa: E402
 from common.data import load_data  # noqa: E402
 from common.train import evaluating, load_checkpoint, load_nets  # noqa: E402
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ugatit  # noqa: E402
 from common.blocks import SpectralNorm, lsgan  # noqa: E402
-from common.shapes import ShapesDomain  # noqa: E402
+from common.datasets.shapes import ShapesDomain  # noqa: E402
 from common.train import build_parser, seed_everything  # noqa: E402
 
 

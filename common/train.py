@@ -40,7 +40,8 @@ import torch
 from tqdm import tqdm
 
 from common import checkpoints, distributed
-from common.data import EMBEDDED, DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_data
+from common.datasets import EMBEDDED, embedded
+from common.data import DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_data
 from common.images import grid, overlay
 
 
@@ -528,25 +529,24 @@ def resume_state(run):
 
 
 def evaluate(model, args, data, run, step, device):
-    """The embedded data set's own measures (common.metrics, common.shapes_paired, common.digits), the one path that
-    both the end of training and `--phase test` take. Beside the model's numbers (`A2B/...`) the report holds their
-    floor, `identity/...` (output = input) and `uniform/...` (an attention map that marks everything), and their
-    ceiling, `real/...`. Networks that score images (a segmenter, a classifier) are trained once and kept in
+    """The embedded data set's own measures (its module's `report`, common/datasets/), the one path that both the end
+    of training and `--phase test` take. Beside the model's numbers (`A2B/...`) the report holds their floor,
+    `identity/...` (output = input) and `uniform/...` (an attention map that marks everything), and their ceiling,
+    `real/...`. Networks that score images (a segmenter, a classifier) are trained once and kept in
     <result_dir>/scorers/ (or in $ATTNGAN_SCORERS: the tests share one across their runs)."""
+    dataset = embedded(args.dataset)
+    extras = {name: getattr(model, name) for name in dataset.MODEL_ATTRIBUTES if hasattr(model, name)}
     with evaluating(model):
-        if args.dataset == "shapes":
-            from common.metrics import shapes_report
-            report = shapes_report(model.translate, data["testA"], data["testB"], device,
-                                   directions=directions(model), attention_scale=model.attention_scale)
-        else:
-            from importlib import import_module
-            scorers = Path(os.environ.get("ATTNGAN_SCORERS", Path(args.result_dir) / "scorers"))
-            boxes = {"boxes": model.boxes} if hasattr(model, "boxes") else {}  # DA-GAN's, for common.digits
-            report = import_module(f"common.{args.dataset}").report(model.translate, data, device, scorers,
-                                                                    directions=directions(model), **boxes)
+        report = dataset.report(model.translate, data, device, scorers_folder(args.result_dir),
+                                directions=directions(model), **extras)
     run.write_log({"step": step, "eval": report})
     print(f"{args.dataset} evaluation (test sets): {format_report(report)}")
     return report
+
+
+def scorers_folder(result_dir):
+    """Where the embedded sets' scoring networks are kept: $ATTNGAN_SCORERS, else <result_dir>/scorers/."""
+    return Path(os.environ.get("ATTNGAN_SCORERS", Path(result_dir) / "scorers"))
 
 
 def format_report(report):

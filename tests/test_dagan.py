@@ -361,7 +361,7 @@ def test_how_far_the_boxes_follow_the_digits_against_numpy():
 
 def test_the_digits_true_centre_is_the_middle_of_its_ink():
     """true_centres against the middle of the pixels the labelled digit's ink covers, counted apart."""
-    from common.digits import DigitsDomain
+    from common.datasets.digits import DigitsDomain
     probe = boxes_probe()
     testA = DigitsDomain("A", "test", 32)
     for i, centre in enumerate(probe.true_centres(testA, range(20))):
@@ -402,7 +402,7 @@ def test_cli_digits_train_resume_test(tmp_path):
     assert len(list((straight / root / "test/A2B").iterdir())) > 0 and not (straight / root / "test/B2A").exists()
 
     # benchmarks/dagan_boxes.py on the same run: with f_loc's boxes and with the box left at the image centre, its
-    # distances and F's accuracy are the harness's evaluation (common.digits.report), computed apart
+    # distances and F's accuracy are the harness's evaluation (common.datasets.digits.report), computed apart
     evaluation = [json.loads(l)["eval"] for l in (straight / root / "log.jsonl").read_text().splitlines()
                   if "eval" in l][-1]
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks/dagan_boxes.py"),

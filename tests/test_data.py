@@ -1,7 +1,6 @@
 """Tests of common/data.py: layout discovery, mode conversion, transforms, file checks, resumable sampling (the download
 is in test_download.py)."""
 
-import importlib.util
 import io
 import warnings
 
@@ -77,9 +76,7 @@ def test_missing_dataset_message_says_what_to_do(tmp_path):
 
 
 def test_shapes_branch_uses_shapes_domain():
-    if importlib.util.find_spec("common.shapes") is None:
-        pytest.skip("common/shapes.py is not written yet")
-    from common.shapes import ShapesDomain
+    from common.datasets.shapes import ShapesDomain
 
     domains = load_data("shapes", S, seed=3)
     assert set(domains) == {"trainA", "trainB", "testA", "testB"}

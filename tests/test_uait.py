@@ -12,7 +12,7 @@ from PIL import Image
 
 import uait
 from common.blocks import ImagePool
-from common.shapes import ShapesDomain
+from common.datasets.shapes import ShapesDomain
 from common.train import UsageError, build_parser, load_checkpoint, parse_args, save_checkpoint
 from conftest import ROOT
 
