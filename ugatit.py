@@ -299,7 +299,7 @@ class UGATIT:
         authors' code uses real → 1). Real and fake go through D as one batch, at the cost of one pass: D has no
         batch statistics, so the logits are those of two passes, except that spectral norm takes one power-iteration
         step per forward, one per D update here and two in the authors' code (D(real), then D(fake)). How much σ's
-        estimate differs is measured with benchmarks/sn_passes.py (docs/ugatit.md, "Investigations")."""
+        estimate differs is measured with benchmarks/probes/sn_passes.py (docs/ugatit.md, "Investigations")."""
         logit, cam, _ = D(torch.cat([real, fake]))
         n = len(real)
         loss = lsgan(logit[:n], 1) + lsgan(logit[n:], 0)

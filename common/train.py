@@ -2,22 +2,28 @@
 the JSONL log and the test phase. Nothing here is in any paper; a paper file holds its networks, losses and
 `train_step`, and ends with `main(...)`.
 
-A model is any object with
-    nets         dict name -> nn.Module, saved under these names
-    optimizers   dict name -> torch.optim.Optimizer
-    train_step(real_A, real_B) -> dict of scalar loss tensors (one iteration: every update of the paper)
-    translate(x, direction)    -> (image, attention map or None), direction "A2B" or "B2A"
-and optionally
-    pools        dict name -> ImagePool (common.blocks), or any training state with state_dict/load_state_dict,
-                 saved with the checkpoint
-    visuals(x, direction)      -> list of N×C×H×W tiles in [-1, 1] (C = 3 or 1), the last the translation, for
-                                  samples and the test phase instead of input | attention over the input | output
-    directions   the directions it translates, if not both ("A2B",): DA-GAN learns one mapping
-    paired       True: train on paired data, trainA[i] with trainB[i] (supervised GuideGAN)
-    batch_info   True: train_step(real_A, real_B, info), info holding each image's label (-1 for none) as
-                 tensors "label_A", "label_B"
-The harness sets `model.progress`, the fraction of --iteration done, before each train_step: the papers' schedules
-in epochs ("switch at epoch 30 of 100") follow it, and so scale with the length of the run.
+The model interface: every attribute the harness (and an embedded set's report, common/datasets/) reads.
+    attribute        kind      what for
+    nets             required  dict name -> nn.Module: saved and loaded under these names, put in eval mode to evaluate
+    optimizers       required  dict name -> torch.optim.Optimizer: saved, given the learning-rate schedule
+    train_step       required  (real_A, real_B) -> dict of scalar loss tensors: one iteration, every update of the paper
+    translate        required  (x, direction) -> (image, attention map or None), direction "A2B" or "B2A": samples,
+                               the test phase and the evaluation
+    amp              required  a common.amp.Precision: the autocast around train_step, its loss scales saved
+    attention_scale  required  "probability" or "unbounded": how the evaluation puts the attention map on [0, 1]
+                               (common.metrics.on_scale)
+    pools            optional  dict name -> ImagePool (common.blocks), or any training state with state_dict and
+                               load_state_dict: saved with the checkpoint
+    visuals          optional  (x, direction) -> list of N×C×H×W tiles in [-1, 1] (C = 3 or 1), the last the
+                               translation: shown in samples and the test phase instead of input | attention | output
+    directions       optional  the directions it translates, if not both: ("A2B",) for DA-GAN, which learns one
+    paired           optional  True: train on paired data, trainA[i] with trainB[i] (supervised GuideGAN)
+    batch_info       optional  True: train_step(real_A, real_B, info), info holding each image's label (-1 for none)
+                               as tensors "label_A", "label_B" (DA-GAN)
+    boxes            optional  x -> the boxes' centres and half-sizes, or None: the digits report scores where they sit
+                               (DA-GAN)
+    progress         set       the fraction of --iteration done, set before each train_step: the papers' schedules in
+                               epochs ("switch at epoch 30 of 100") follow it, and so scale with the length of the run
 
 Runs live in <result_dir>/<model>/<dataset>/: checkpoints/latest.pt and previous.pt (common.checkpoints), samples/,
 log.jsonl, test/, and .lock, held by the process that uses the folder.

@@ -305,10 +305,10 @@ def test_paper_defaults_and_bad_flags():
             model(*argv)
 
 
-# --- benchmarks/dagan_boxes.py: where the losses want the box ---------------------------------------------------
+# --- benchmarks/probes/dagan_boxes.py: where the losses want the box ----------------------------------------------
 
 def boxes_probe():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "benchmarks/probes"))
     import dagan_boxes
     return dagan_boxes
 
@@ -401,11 +401,11 @@ def test_cli_digits_train_resume_test(tmp_path):
     run(straight, "--phase", "test", "--seed", "1")
     assert len(list((straight / root / "test/A2B").iterdir())) > 0 and not (straight / root / "test/B2A").exists()
 
-    # benchmarks/dagan_boxes.py on the same run: with f_loc's boxes and with the box left at the image centre, its
-    # distances and F's accuracy are the harness's evaluation (common.datasets.digits.report), computed apart
+    # benchmarks/probes/dagan_boxes.py on the same run: with f_loc's boxes and with the box left at the image centre,
+    # its distances and F's accuracy are the harness's evaluation (common.datasets.digits.report), computed apart
     evaluation = [json.loads(l)["eval"] for l in (straight / root / "log.jsonl").read_text().splitlines()
                   if "eval" in l][-1]
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/dagan_boxes.py"),
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/probes/dagan_boxes.py"),
                           str(straight / root / "checkpoints/latest.pt"), "--radius", "1"],
                          capture_output=True, text=True, check=True).stdout
     rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]] for line in out.splitlines()

@@ -1,4 +1,5 @@
-"""How much it matters that ugatit.py's discriminator loss passes real and fake through D as one batch.
+"""How much does it matter that ugatit.py's discriminator loss passes real and fake through D as one batch?
+(docs/ugatit.md)
 
 Spectral norm takes one power-iteration step per training forward. The authors' code passes real and fake
 separately, so each of their discriminators takes two steps per D update where ours takes one (and one more each
@@ -6,7 +7,7 @@ in the generators' update, for both). This trains the shapes preset both ways fr
 and prints, every --every iterations: the worst relative error |σ̂/σ − 1| of the estimate σ̂ = uᵀWv against W's
 true largest singular value, over all spectral-norm layers of the four discriminators, and the two runs' losses.
 
-    python benchmarks/sn_passes.py --steps 300 --every 50
+    python benchmarks/probes/sn_passes.py --steps 300 --every 50
 """
 import argparse
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import ugatit  # noqa: E402
 from common.blocks import SpectralNorm, lsgan  # noqa: E402
