@@ -162,30 +162,6 @@ def curriculum_r(progress, curriculum_epochs, epochs):
     return R_CURRICULUM if progress < curriculum_epochs / epochs else R_AFTER
 
 
-# --- The authors' checkpoints -----------------------------------------------------------------------------------
-# Ha0Tang/AttentionGAN saves CycleGAN-style files, <epoch>_net_G_A.pth (G_A: A → B) and _net_G_B.pth, one state
-# dict each. Scheme II's keys (the authors' released parameter listing, tests/data/attentiongan-state-dict-G.txt)
-# -> ours. Our encoder is [pad, conv7, IN, ReLU, conv3 s2, IN, ReLU, conv3 s2, IN, ReLU, blocks...], a decoder
-# [convT, IN, ReLU, convT, IN, ReLU, pad, conv]; their residual block's conv1/conv2 are our conv_block.1/.5 (between
-# them: IN, ReLU, pad).
-AUTHORS_KEYS = [
-    (r"^conv([123])\.", lambda m: f"encoder.{3 * int(m[1]) - 2}."),
-    (r"^resnet_blocks\.(\d+)\.conv([12])\.", lambda m: f"encoder.{10 + int(m[1])}.conv_block.{4 * int(m[2]) - 3}."),
-    (r"^deconv([123])_(content|attention)\.", lambda m: f"{m[2]}.{(0, 3, 7)[int(m[1]) - 1]}."),
-]
-AUTHORS_FILES = {"G_XY": "G_A", "G_YX": "G_B"}  # CycleGAN's G_A maps A to B
-
-
-def from_authors(state_dict):
-    """Rename one of their generator state dicts to our keys (each key matches at most one rule)."""
-    renamed = {}
-    for key, value in state_dict.items():
-        for pattern, new in AUTHORS_KEYS:
-            key = re.sub(pattern, new, key)
-        renamed[key] = value
-    return renamed
-
-
 # --- Losses and the training step -------------------------------------------------------------------------------
 
 class AttentionGAN:
@@ -359,6 +335,30 @@ def make_model(args, device):
     if args.curriculum_epochs > args.epochs:
         raise UsageError(f"--curriculum_epochs {args.curriculum_epochs}: at most --epochs ({args.epochs})")
     return AttentionGAN(args, device)
+
+
+# --- The authors' checkpoints -----------------------------------------------------------------------------------
+# Ha0Tang/AttentionGAN saves CycleGAN-style files, <epoch>_net_G_A.pth (G_A: A → B) and _net_G_B.pth, one state
+# dict each. Scheme II's keys (the authors' released parameter listing, tests/data/attentiongan-state-dict-G.txt)
+# -> ours. Our encoder is [pad, conv7, IN, ReLU, conv3 s2, IN, ReLU, conv3 s2, IN, ReLU, blocks...], a decoder
+# [convT, IN, ReLU, convT, IN, ReLU, pad, conv]; their residual block's conv1/conv2 are our conv_block.1/.5 (between
+# them: IN, ReLU, pad).
+AUTHORS_KEYS = [
+    (r"^conv([123])\.", lambda m: f"encoder.{3 * int(m[1]) - 2}."),
+    (r"^resnet_blocks\.(\d+)\.conv([12])\.", lambda m: f"encoder.{10 + int(m[1])}.conv_block.{4 * int(m[2]) - 3}."),
+    (r"^deconv([123])_(content|attention)\.", lambda m: f"{m[2]}.{(0, 3, 7)[int(m[1]) - 1]}."),
+]
+AUTHORS_FILES = {"G_XY": "G_A", "G_YX": "G_B"}  # CycleGAN's G_A maps A to B
+
+
+def from_authors(state_dict):
+    """Rename one of their generator state dicts to our keys (each key matches at most one rule)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, new in AUTHORS_KEYS:
+            key = re.sub(pattern, new, key)
+        renamed[key] = value
+    return renamed
 
 
 if __name__ == "__main__":

@@ -231,31 +231,6 @@ def clip_rho(net):
                 m.rho.clamp_(0, 1)
 
 
-# --- The authors' checkpoints -----------------------------------------------------------------------------------
-# UGATIT-pytorch saves {genA2B, genB2A, disGA, disGB, disLA, disLB}. Their key -> ours: every rule that matches
-# is applied in turn, a prefix and then maybe a suffix. Spectral norm: their torch.nn.utils.spectral_norm stores
-# weight_orig, weight_u, weight_v; ours stores weight, weight_u, weight_v, with the same meaning.
-AUTHORS_KEYS = [
-    (r"^DownBlock\.", "encoder."), (r"^FC\.", "mlp."), (r"^UpBlock1_(\d+)\.", "bottleneck.{}."),
-    (r"^UpBlock2\.", "upsampling."), (r"^(gap_fc|gmp_fc|conv1x1)\.", "cam.{}."),
-    (r"^model\.", "encoder."), (r"^conv\.", "classifier.1."),
-    (r"\.weight_orig$", ".weight"),
-]
-
-
-def from_authors(state_dict):
-    """Rename one of their state dicts to our keys (several rules may apply: a prefix, then a suffix)."""
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in AUTHORS_KEYS:
-            m = re.search(pattern, key)
-            if m:
-                groups = [str(int(g) - 1) if g.isdigit() else g for g in m.groups()]  # UpBlock1_1 -> bottleneck.0
-                key = key[:m.start()] + replacement.format(*groups) + key[m.end():]
-        out[key] = value
-    return out
-
-
 # --- Losses and the training step -------------------------------------------------------------------------------
 
 class UGATIT:
@@ -402,6 +377,31 @@ def make_model(args, device):
     if args.n_dis < 3:
         raise UsageError(f"--n_dis {args.n_dis}: use 3 or more (the local discriminator has n_dis − 2 convs)")
     return UGATIT(args, device)
+
+
+# --- The authors' checkpoints -----------------------------------------------------------------------------------
+# UGATIT-pytorch saves {genA2B, genB2A, disGA, disGB, disLA, disLB}. Their key -> ours: every rule that matches
+# is applied in turn, a prefix and then maybe a suffix. Spectral norm: their torch.nn.utils.spectral_norm stores
+# weight_orig, weight_u, weight_v; ours stores weight, weight_u, weight_v, with the same meaning.
+AUTHORS_KEYS = [
+    (r"^DownBlock\.", "encoder."), (r"^FC\.", "mlp."), (r"^UpBlock1_(\d+)\.", "bottleneck.{}."),
+    (r"^UpBlock2\.", "upsampling."), (r"^(gap_fc|gmp_fc|conv1x1)\.", "cam.{}."),
+    (r"^model\.", "encoder."), (r"^conv\.", "classifier.1."),
+    (r"\.weight_orig$", ".weight"),
+]
+
+
+def from_authors(state_dict):
+    """Rename one of their state dicts to our keys (several rules may apply: a prefix, then a suffix)."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in AUTHORS_KEYS:
+            m = re.search(pattern, key)
+            if m:
+                groups = [str(int(g) - 1) if g.isdigit() else g for g in m.groups()]  # UpBlock1_1 -> bottleneck.0
+                key = key[:m.start()] + replacement.format(*groups) + key[m.end():]
+        out[key] = value
+    return out
 
 
 if __name__ == "__main__":
