@@ -66,7 +66,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.metrics import to_unit, attention_auc, attention_iou, background_psnr, on_scale
+from common.metrics import attention_auc, attention_iou, background_psnr, on_scale, to_unit
 
 TRAIN_SIZE = 2000
 TEST_SIZE = 100
