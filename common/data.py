@@ -326,7 +326,8 @@ def load_data(dataset: str, img_size: int, root: str | Path = "dataset", seed: i
         if paired and not module.PAIRED:
             raise DataError(f"{dataset} is unpaired: this mode needs paired data (shapes_paired, or a folder of "
                             f"side-by-side A|B images in train/ and test/, or trainA/trainB with matching names)")
-        return {f"{split}{d}": module.Domain(d, split, img_size, seed=seed) for split in ("train", "test") for d in "AB"}
+        return {f"{split}{d}": module.Domain(d, split, img_size, seed=seed)
+                for split in ("train", "test") for d in "AB"}
     if paired:
         return _load_paired(dataset, img_size, Path(root))
     return _load_folders(_dataset_folder(dataset, Path(root)), img_size)

@@ -46,8 +46,8 @@ import torch
 from tqdm import tqdm
 
 from common import checkpoints, distributed
-from common.datasets import EMBEDDED, embedded
 from common.data import DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_data
+from common.datasets import EMBEDDED, embedded
 from common.images import grid, overlay
 
 

@@ -1,5 +1,7 @@
-"""The embedded data sets, generated from a seed, no download: each module holds its generator (its domains' class)
-and its own evaluation, `report(translate, data, device, cache_dir, directions, **MODEL_ATTRIBUTES)`."""
+"""The embedded data sets, generated from a seed, no download. Each module holds its generator and its own
+evaluation, and names what the harness reads: `Domain` (the class of its domains), `PAIRED` (A[i] and B[i] one
+scene), `report(translate, data, device, cache_dir, directions, ...)` and `MODEL_ATTRIBUTES` (the model's
+attributes that report takes as keywords)."""
 import importlib
 
 EMBEDDED = ("shapes", "shapes_paired", "digits")
