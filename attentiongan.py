@@ -76,7 +76,7 @@ SCHEME_DEFAULTS = {  # the flags whose default is None, per scheme: §4.1's sett
 }
 R_CURRICULUM, R_AFTER = 0.01, 0.5  # r of Eq. 9, §4.1
 # `python attentiongan.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes.
-SHAPES_PRESET = dict(img_size=64, ch=16, ndf=16, n_res=3, iteration=2000, print_freq=200, save_freq=500)
+CPU_PRESET = dict(img_size=64, ch=16, ndf=16, n_res=3, iteration=2000, print_freq=200, save_freq=500)
 # Table 1's rows for benchmarks/ablation.py: row -> the flags that make it, the full model first. The paper's
 # ablation is on AR Face, so every row takes scheme I with the face setting (the pixel loss exists only there);
 # "Full - AD - AG" is the no-attention row (CycleGAN's generator).
@@ -160,30 +160,6 @@ def tv(masks):
 def curriculum_r(progress, curriculum_epochs, epochs):
     """r of Eq. (9): 0.01 for the first `curriculum_epochs` of `epochs` (the GAN terms lead), then 0.5."""
     return R_CURRICULUM if progress < curriculum_epochs / epochs else R_AFTER
-
-
-# --- The authors' checkpoints -----------------------------------------------------------------------------------
-# Ha0Tang/AttentionGAN saves CycleGAN-style files, <epoch>_net_G_A.pth (G_A: A → B) and _net_G_B.pth, one state
-# dict each. Scheme II's keys (the authors' released parameter listing, tests/data/attentiongan-state-dict-G.txt)
-# -> ours. Our encoder is [pad, conv7, IN, ReLU, conv3 s2, IN, ReLU, conv3 s2, IN, ReLU, blocks...], a decoder
-# [convT, IN, ReLU, convT, IN, ReLU, pad, conv]; their residual block's conv1/conv2 are our conv_block.1/.5 (between
-# them: IN, ReLU, pad).
-AUTHORS_KEYS = [
-    (r"^conv([123])\.", lambda m: f"encoder.{3 * int(m[1]) - 2}."),
-    (r"^resnet_blocks\.(\d+)\.conv([12])\.", lambda m: f"encoder.{10 + int(m[1])}.conv_block.{4 * int(m[2]) - 3}."),
-    (r"^deconv([123])_(content|attention)\.", lambda m: f"{m[2]}.{(0, 3, 7)[int(m[1]) - 1]}."),
-]
-AUTHORS_FILES = {"G_XY": "G_A", "G_YX": "G_B"}  # CycleGAN's G_A maps A to B
-
-
-def from_authors(state_dict):
-    """Rename one of their generator state dicts to our keys (each key matches at most one rule)."""
-    renamed = {}
-    for key, value in state_dict.items():
-        for pattern, new in AUTHORS_KEYS:
-            key = re.sub(pattern, new, key)
-        renamed[key] = value
-    return renamed
 
 
 # --- Losses and the training step -------------------------------------------------------------------------------
@@ -361,5 +337,29 @@ def make_model(args, device):
     return AttentionGAN(args, device)
 
 
+# --- The authors' checkpoints -----------------------------------------------------------------------------------
+# Ha0Tang/AttentionGAN saves CycleGAN-style files, <epoch>_net_G_A.pth (G_A: A → B) and _net_G_B.pth, one state
+# dict each. Scheme II's keys (the authors' released parameter listing, tests/data/attentiongan-state-dict-G.txt)
+# -> ours. Our encoder is [pad, conv7, IN, ReLU, conv3 s2, IN, ReLU, conv3 s2, IN, ReLU, blocks...], a decoder
+# [convT, IN, ReLU, convT, IN, ReLU, pad, conv]; their residual block's conv1/conv2 are our conv_block.1/.5 (between
+# them: IN, ReLU, pad).
+AUTHORS_KEYS = [
+    (r"^conv([123])\.", lambda m: f"encoder.{3 * int(m[1]) - 2}."),
+    (r"^resnet_blocks\.(\d+)\.conv([12])\.", lambda m: f"encoder.{10 + int(m[1])}.conv_block.{4 * int(m[2]) - 3}."),
+    (r"^deconv([123])_(content|attention)\.", lambda m: f"{m[2]}.{(0, 3, 7)[int(m[1]) - 1]}."),
+]
+AUTHORS_FILES = {"G_XY": "G_A", "G_YX": "G_B"}  # CycleGAN's G_A maps A to B
+
+
+def from_authors(state_dict):
+    """Rename one of their generator state dicts to our keys (each key matches at most one rule)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, new in AUTHORS_KEYS:
+            key = re.sub(pattern, new, key)
+        renamed[key] = value
+    return renamed
+
+
 if __name__ == "__main__":
-    main("attentiongan", __doc__.split("\n\n")[0], DEFAULTS, SHAPES_PRESET, add_arguments, make_model)
+    main("attentiongan", __doc__.split("\n\n")[0], DEFAULTS, CPU_PRESET, add_arguments, make_model)

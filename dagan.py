@@ -74,7 +74,7 @@ DEFAULTS = {
 }
 # `python dagan.py` with no --dataset: the embedded digits, SVHN-like -> MNIST-like, at a size a 2-core CPU trains
 # in minutes (benchmarks/train_step.py dagan --ch 16 --batch_size 32).
-SHAPES_PRESET = dict(dataset="digits", ch=16, batch_size=32, iteration=1000, print_freq=250, save_freq=500)
+CPU_PRESET = dict(dataset="digits", ch=16, batch_size=32, iteration=1000, print_freq=250, save_freq=500)
 # Table 1(a)'s rows for benchmarks/ablation.py: row -> the flags that make it, the full model first; "w/o DAE" is the
 # no-attention row.
 TABLE_1A = {"DA-GAN": [], "w/o DAE": ["--dae", "False"], "w/o const": ["--cst", "False"],
@@ -277,7 +277,7 @@ class DAGAN:
         return box_masks(centres, halves, x.shape[2], x.shape[3], self.k)
 
     def boxes(self, x):
-        """The boxes' centres and half-sizes (B×N×2, Eq. 1-2), None without the DAE: what common.digits scores
+        """The boxes' centres and half-sizes (B×N×2, Eq. 1-2), None without the DAE: what common.datasets.digits scores
         against the labelled digit's true box."""
         return self.DAE.boxes(x) if self.DAE.attend else None
 
@@ -340,4 +340,4 @@ def make_model(args, device):
 
 
 if __name__ == "__main__":
-    main("dagan", __doc__.split("\n\n")[0], DEFAULTS, SHAPES_PRESET, add_arguments, make_model)
+    main("dagan", __doc__.split("\n\n")[0], DEFAULTS, CPU_PRESET, add_arguments, make_model)

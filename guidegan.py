@@ -71,7 +71,7 @@ DEFAULTS = {
 # `python guidegan.py` with no --dataset: the embedded shapes_paired (photo <-> label) at a size a 2-core CPU
 # trains in minutes (benchmarks/train_step.py guidegan --img_size 64 --ngf 16 --ndf 16).
 # Unsupervised, 3 residual blocks: a run of either mode takes under 10 minutes on one core.
-SHAPES_PRESET = dict(dataset="shapes_paired", img_size=64, ngf=16, ndf=16, n_res=3, iteration=2000, print_freq=500,
+CPU_PRESET = dict(dataset="shapes_paired", img_size=64, ngf=16, ndf=16, n_res=3, iteration=2000, print_freq=500,
                      save_freq=500)
 # Tables 2 (supervised) and 1 (unsupervised) for benchmarks/ablation.py: row -> the flags that make it, each
 # table's full model first; attention × concatenation, then two rows without attention: GuideGAN's losses (what
@@ -362,4 +362,4 @@ def make_model(args, device):
 
 
 if __name__ == "__main__":
-    main("guidegan", __doc__.split("\n\n")[0], DEFAULTS, SHAPES_PRESET, add_arguments, make_model)
+    main("guidegan", __doc__.split("\n\n")[0], DEFAULTS, CPU_PRESET, add_arguments, make_model)

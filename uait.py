@@ -62,7 +62,7 @@ DEFAULTS = {
 # `python uait.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes. The switch comes
 # at 60% of them, not the paper's 30%: the maps are still soft at 30% and would freeze where they are
 # (docs/uait.md, "The switch and the threshold").
-SHAPES_PRESET = dict(img_size=64, ch=16, n_res=3, iteration=2000, print_freq=200, save_freq=500, switch_epoch=60)
+CPU_PRESET = dict(img_size=64, ch=16, n_res=3, iteration=2000, print_freq=200, save_freq=500, switch_epoch=60)
 # Table 2's rows for benchmarks/ablation.py: row -> the flags that make it, the full model first; "CycleGAN" is the
 # no-attention row (all-ones maps, whole-image discriminators: §3.1).
 ABLATIONS = {"Table 2": {
@@ -275,4 +275,4 @@ def make_model(args, device):
 
 
 if __name__ == "__main__":
-    main("uait", __doc__.split("\n\n")[0], DEFAULTS, SHAPES_PRESET, add_arguments, make_model)
+    main("uait", __doc__.split("\n\n")[0], DEFAULTS, CPU_PRESET, add_arguments, make_model)

@@ -54,7 +54,7 @@ DEFAULTS = {
     "n_dis": (6, "Table 6: 6 conv layers in the global discriminator, 4 in the local (authors' TF code's n_dis)"),
 }
 # `python ugatit.py` with no --dataset: the embedded shapes at a size a 2-core CPU trains in minutes.
-SHAPES_PRESET = dict(img_size=64, ch=16, light=True, n_dis=5, iteration=2000, print_freq=200, save_freq=500)
+CPU_PRESET = dict(img_size=64, ch=16, light=True, n_dis=5, iteration=2000, print_freq=200, save_freq=500)
 # Table 1's rows for benchmarks/ablation.py: row -> the flags that make it, the full model first. "w/o CAM" is the
 # no-attention row.
 ABLATIONS = {"Table 1": {
@@ -156,12 +156,12 @@ class Generator(nn.Module):
     up-sampling). `light` feeds the MLP the globally pooled a(x) instead of all of it (authors' light mode; the
     full MLP's first layer has (S/4)²·4ch inputs, 268M weights at 256 px)."""
 
-    def __init__(self, ch=64, n_res=4, img_size=256, light=False, norm="adalin", gen_cam=True, img_ch=3):
+    def __init__(self, ch=64, n_res=4, img_size=256, light=False, norm="adalin", gen_cam=True):
         super().__init__()
         C = 4 * ch
         self.light = light
         self.encoder = nn.Sequential(
-            *conv(img_ch, ch, 7, bias=False), InstanceNorm2d(ch), nn.ReLU(True),
+            *conv(3, ch, 7, bias=False), InstanceNorm2d(ch), nn.ReLU(True),
             *conv(ch, 2 * ch, 3, 2, bias=False), InstanceNorm2d(2 * ch), nn.ReLU(True),
             *conv(2 * ch, C, 3, 2, bias=False), InstanceNorm2d(C), nn.ReLU(True),
             *[ResnetBlock(C, bias=False) for _ in range(n_res)])
@@ -185,7 +185,7 @@ class Generator(nn.Module):
             nn.ReLU(True),
             nn.Upsample(scale_factor=2, mode="nearest"), *conv(C // 2, C // 4, 3, bias=False), up_norm(C // 4),
             nn.ReLU(True),
-            *conv(C // 4, img_ch, 7, bias=False), nn.Tanh())
+            *conv(C // 4, 3, 7, bias=False), nn.Tanh())
         init_normal(self)
 
     def forward(self, x):
@@ -205,10 +205,10 @@ class Discriminator(nn.Module):
     Below 96 px the released code crashes (the global map shrinks to nothing); here the encoder stops halving
     once the map is 3×3, so every --img_size from 32 up works and 96 px and up is unchanged."""
 
-    def __init__(self, n_convs, img_size=256, ch=64, img_ch=3, dis_cam=True):
+    def __init__(self, n_convs, img_size=256, ch=64, dis_cam=True):
         super().__init__()
         n_down = min(n_convs - 1, int(math.log2(img_size / 3)))
-        layers, c = [*conv(img_ch, ch, 4, 2, layer=SNConv2d), nn.LeakyReLU(0.2, True)], ch
+        layers, c = [*conv(3, ch, 4, 2, layer=SNConv2d), nn.LeakyReLU(0.2, True)], ch
         for _ in range(n_down - 1):
             layers += [*conv(c, 2 * c, 4, 2, layer=SNConv2d), nn.LeakyReLU(0.2, True)]
             c *= 2
@@ -231,31 +231,6 @@ def clip_rho(net):
                 m.rho.clamp_(0, 1)
 
 
-# --- The authors' checkpoints -----------------------------------------------------------------------------------
-# UGATIT-pytorch saves {genA2B, genB2A, disGA, disGB, disLA, disLB}. Their key -> ours: every rule that matches
-# is applied in turn, a prefix and then maybe a suffix. Spectral norm: their torch.nn.utils.spectral_norm stores
-# weight_orig, weight_u, weight_v; ours stores weight, weight_u, weight_v, with the same meaning.
-AUTHORS_KEYS = [
-    (r"^DownBlock\.", "encoder."), (r"^FC\.", "mlp."), (r"^UpBlock1_(\d+)\.", "bottleneck.{}."),
-    (r"^UpBlock2\.", "upsampling."), (r"^(gap_fc|gmp_fc|conv1x1)\.", "cam.{}."),
-    (r"^model\.", "encoder."), (r"^conv\.", "classifier.1."),
-    (r"\.weight_orig$", ".weight"),
-]
-
-
-def from_authors(state_dict):
-    """Rename one of their state dicts to our keys (several rules may apply: a prefix, then a suffix)."""
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in AUTHORS_KEYS:
-            m = re.search(pattern, key)
-            if m:
-                groups = [str(int(g) - 1) if g.isdigit() else g for g in m.groups()]  # UpBlock1_1 -> bottleneck.0
-                key = key[:m.start()] + replacement.format(*groups) + key[m.end():]
-        out[key] = value
-    return out
-
-
 # --- Losses and the training step -------------------------------------------------------------------------------
 
 class UGATIT:
@@ -263,8 +238,8 @@ class UGATIT:
 
     def __init__(self, args, device):
         g = dict(ch=args.ch, n_res=args.n_res, img_size=args.img_size, light=args.light, norm=args.norm,
-                 gen_cam=args.gen_cam, img_ch=args.img_ch)
-        d = dict(img_size=args.img_size, ch=args.ch, img_ch=args.img_ch, dis_cam=args.dis_cam)
+                 gen_cam=args.gen_cam)
+        d = dict(img_size=args.img_size, ch=args.ch, dis_cam=args.dis_cam)
         self.genA2B, self.genB2A = Generator(**g).to(device), Generator(**g).to(device)
         self.disGA, self.disGB = (Discriminator(args.n_dis, **d).to(device) for _ in "AB")      # global
         self.disLA, self.disLB = (Discriminator(args.n_dis - 2, **d).to(device) for _ in "AB")  # local
@@ -299,7 +274,7 @@ class UGATIT:
         authors' code uses real → 1). Real and fake go through D as one batch, at the cost of one pass: D has no
         batch statistics, so the logits are those of two passes, except that spectral norm takes one power-iteration
         step per forward, one per D update here and two in the authors' code (D(real), then D(fake)). How much σ's
-        estimate differs is measured with benchmarks/sn_passes.py (docs/ugatit.md, "Investigations")."""
+        estimate differs is measured with benchmarks/probes/sn_passes.py (docs/ugatit.md, "Investigations")."""
         logit, cam, _ = D(torch.cat([real, fake]))
         n = len(real)
         loss = lsgan(logit[:n], 1) + lsgan(logit[n:], 0)
@@ -404,5 +379,30 @@ def make_model(args, device):
     return UGATIT(args, device)
 
 
+# --- The authors' checkpoints -----------------------------------------------------------------------------------
+# UGATIT-pytorch saves {genA2B, genB2A, disGA, disGB, disLA, disLB}. Their key -> ours: every rule that matches
+# is applied in turn, a prefix and then maybe a suffix. Spectral norm: their torch.nn.utils.spectral_norm stores
+# weight_orig, weight_u, weight_v; ours stores weight, weight_u, weight_v, with the same meaning.
+AUTHORS_KEYS = [
+    (r"^DownBlock\.", "encoder."), (r"^FC\.", "mlp."), (r"^UpBlock1_(\d+)\.", "bottleneck.{}."),
+    (r"^UpBlock2\.", "upsampling."), (r"^(gap_fc|gmp_fc|conv1x1)\.", "cam.{}."),
+    (r"^model\.", "encoder."), (r"^conv\.", "classifier.1."),
+    (r"\.weight_orig$", ".weight"),
+]
+
+
+def from_authors(state_dict):
+    """Rename one of their state dicts to our keys (several rules may apply: a prefix, then a suffix)."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in AUTHORS_KEYS:
+            m = re.search(pattern, key)
+            if m:
+                groups = [str(int(g) - 1) if g.isdigit() else g for g in m.groups()]  # UpBlock1_1 -> bottleneck.0
+                key = key[:m.start()] + replacement.format(*groups) + key[m.end():]
+        out[key] = value
+    return out
+
+
 if __name__ == "__main__":
-    main("ugatit", __doc__.split("\n\n")[0], DEFAULTS, SHAPES_PRESET, add_arguments, make_model)
+    main("ugatit", __doc__.split("\n\n")[0], DEFAULTS, CPU_PRESET, add_arguments, make_model)

@@ -37,12 +37,12 @@ def main(argv=None):
     torch.set_flush_denormal(True)  # as the scripts run (common/train.py)
     seed_everything(args.seed)
     model = paper.make_model(args, device)
-    shape = (args.batch_size, args.img_ch, args.img_size, args.img_size)
+    shape = (args.batch_size, 3, args.img_size, args.img_size)
     real_A, real_B = torch.rand(shape, device=device) * 2 - 1, torch.rand(shape, device=device) * 2 - 1
     batch = [real_A, real_B]
-    if getattr(model, "batch_info", False):  # per-image indices (GuideGAN's cache) and labels (DA-GAN)
-        index, label = torch.arange(args.batch_size, device=device), torch.randint(10, (args.batch_size,), device=device)
-        batch.append({"index_A": index, "index_B": index, "label_A": label, "label_B": label})
+    if getattr(model, "batch_info", False):  # DA-GAN's labels
+        label = torch.randint(10, (args.batch_size,), device=device)
+        batch.append({"label_A": label, "label_B": label})
     times = []
     for i in range(bench.warmup + bench.steps):
         if device.type == "cuda":

@@ -2,8 +2,10 @@
 processes out of one run folder.
 
 A run keeps two checkpoints: `latest.pt` and the one before it, `previous.pt`. A save is written to a temporary file
-of its own (one per writer), fsynced, and only then rotated in: latest -> previous, temporary -> latest. So a kill or
-a full disk at any moment leaves at least one complete checkpoint, and a failed save leaves nothing behind.
+of its own (one per writer), fsynced, and only then rotated in: latest is hard-linked as previous, then the temporary
+file renamed over latest. So a kill or a full disk at any moment leaves at least one complete checkpoint, a failed
+save leaves nothing behind, and a reader (an evaluation, a copy, a `--phase test` in a copy of the folder) finds a
+complete latest.pt at every moment of a save.
 
 Loading verifies what torch does not: the CRC-32 that torch's zip format stores for every record (torch.load reads
 flipped bytes inside a tensor without noticing), that the file is a checkpoint of these scripts with every part a
@@ -69,9 +71,7 @@ def save(path, state):
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        if path.exists():
-            os.replace(path, previous_of(path))
-        os.replace(tmp, path)
+        rotate_in(tmp, path)
     except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError ("enforce fail ...")
         Path(tmp).unlink(missing_ok=True)
         free = shutil.disk_usage(path.parent).free
@@ -81,6 +81,19 @@ def save(path, state):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def rotate_in(tmp, path):
+    """The file `path` becomes previous.pt and `tmp` becomes `path`, each by a rename, which replaces its target at
+    once: latest.pt never goes missing, as it would if it were moved aside before the new file is moved in."""
+    if path.exists():
+        link = Path(f"{tmp}.previous")
+        os.link(path, link)
+        try:
+            os.replace(link, previous_of(path))
+        finally:
+            link.unlink(missing_ok=True)
+    os.replace(tmp, path)
 
 
 def first_line(e):

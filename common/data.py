@@ -35,6 +35,8 @@ from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from common.datasets import EMBEDDED, embedded
+
 
 class DataError(Exception):
     """A problem with the user's data, with a one-line message saying what to do (the CLI prints it, exits 2)."""
@@ -315,32 +317,17 @@ def _dataset_folder(dataset: str, root: Path) -> Path:
     return folder
 
 
-def _embedded(dataset: str):
-    """The class of an embedded data set's domains, and whether its A and B images come in pairs. Imported here:
-    only the data set in use needs its generator's code."""
-    if dataset == "shapes":
-        from common.shapes import ShapesDomain
-        return ShapesDomain, False
-    if dataset == "shapes_paired":
-        from common.shapes_paired import PairedShapesDomain
-        return PairedShapesDomain, True
-    from common.digits import DigitsDomain
-    return DigitsDomain, False
-
-
-EMBEDDED = ("shapes", "shapes_paired", "digits")
-
-
 def load_data(dataset: str, img_size: int, root: str | Path = "dataset", seed: int = 0,
               paired: bool = False) -> dict[str, Dataset]:
     """{'trainA', 'trainB', 'testA', 'testB'} -> domain; a missing test folder gives None (only testing needs it).
     With `paired`, trainA[i] and trainB[i] (and testA[i], testB[i]) show the same scene."""
     if dataset in EMBEDDED:
-        domain, is_paired = _embedded(dataset)
-        if paired and not is_paired:
+        module = embedded(dataset)
+        if paired and not module.PAIRED:
             raise DataError(f"{dataset} is unpaired: this mode needs paired data (shapes_paired, or a folder of "
                             f"side-by-side A|B images in train/ and test/, or trainA/trainB with matching names)")
-        return {f"{split}{d}": domain(d, split, img_size, seed=seed) for split in ("train", "test") for d in "AB"}
+        return {f"{split}{d}": module.Domain(d, split, img_size, seed=seed)
+                for split in ("train", "test") for d in "AB"}
     if paired:
         return _load_paired(dataset, img_size, Path(root))
     return _load_folders(_dataset_folder(dataset, Path(root)), img_size)
@@ -497,8 +484,8 @@ class UnpairedSteps(Dataset):
     Each domain is walked in a fresh random order every epoch of its own length, so A and B are paired differently
     every time, and nothing depends on what was drawn before k: resuming or changing the number of workers changes
     no batch. With `paired`, b is the image of a's index with a's flip and crop (trainA[i] and trainB[i] are one
-    scene). With `info`, a sample is (a, b, info): the two images' indices and labels (-1 for none), for models
-    that keep per-image state (GuideGAN's attention cache) or learn from labels (DA-GAN).
+    scene). With `info`, a sample is (a, b, info): the two images' labels (-1 for none), for models that learn
+    from labels (DA-GAN).
     """
 
     def __init__(self, A, B, seed: int = 0, paired: bool = False, info: bool = False):
@@ -542,7 +529,7 @@ class UnpairedSteps(Dataset):
             i, j = _stand_in(self.A, i), _stand_in(self.B, j)
         if not self.info:
             return a, b
-        return a, b, {"index_A": i, "index_B": j, "label_A": _label(self.A, i), "label_B": _label(self.B, j)}
+        return a, b, {"label_A": _label(self.A, i), "label_B": _label(self.B, j)}
 
 
 def _stand_in(domain, i: int) -> int:

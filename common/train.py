@@ -2,22 +2,28 @@
 the JSONL log and the test phase. Nothing here is in any paper; a paper file holds its networks, losses and
 `train_step`, and ends with `main(...)`.
 
-A model is any object with
-    nets         dict name -> nn.Module, saved under these names
-    optimizers   dict name -> torch.optim.Optimizer
-    train_step(real_A, real_B) -> dict of scalar loss tensors (one iteration: every update of the paper)
-    translate(x, direction)    -> (image, attention map or None), direction "A2B" or "B2A"
-and optionally
-    pools        dict name -> ImagePool (common.blocks), or any training state with state_dict/load_state_dict,
-                 saved with the checkpoint
-    visuals(x, direction)      -> list of N×C×H×W tiles in [-1, 1] (C = 3 or 1), the last the translation, for
-                                  samples and the test phase instead of input | attention over the input | output
-    directions   the directions it translates, if not both ("A2B",): DA-GAN learns one mapping
-    paired       True: train on paired data, trainA[i] with trainB[i] (supervised GuideGAN)
-    batch_info   True: train_step(real_A, real_B, info), info holding each image's index and label (-1 for none)
-                 as tensors "index_A", "index_B", "label_A", "label_B"
-The harness sets `model.progress`, the fraction of --iteration done, before each train_step: the papers' schedules
-in epochs ("switch at epoch 30 of 100") follow it, and so scale with the length of the run.
+The model interface: every attribute the harness (and an embedded set's report, common/datasets/) reads.
+    attribute        kind      what for
+    nets             required  dict name -> nn.Module: saved and loaded under these names, put in eval mode to evaluate
+    optimizers       required  dict name -> torch.optim.Optimizer: saved, given the learning-rate schedule
+    train_step       required  (real_A, real_B) -> dict of scalar loss tensors: one iteration, every update of the paper
+    translate        required  (x, direction) -> (image, attention map or None), direction "A2B" or "B2A": samples,
+                               the test phase and the evaluation
+    amp              required  a common.amp.Precision: the autocast around train_step, its loss scales saved
+    attention_scale  required  "probability" or "unbounded": how the evaluation puts the attention map on [0, 1]
+                               (common.metrics.on_scale)
+    pools            optional  dict name -> ImagePool (common.blocks), or any training state with state_dict and
+                               load_state_dict: saved with the checkpoint
+    visuals          optional  (x, direction) -> list of N×C×H×W tiles in [-1, 1] (C = 3 or 1), the last the
+                               translation: shown in samples and the test phase instead of input | attention | output
+    directions       optional  the directions it translates, if not both: ("A2B",) for DA-GAN, which learns one
+    paired           optional  True: train on paired data, trainA[i] with trainB[i] (supervised GuideGAN)
+    batch_info       optional  True: train_step(real_A, real_B, info), info holding each image's label (-1 for none)
+                               as tensors "label_A", "label_B" (DA-GAN)
+    boxes            optional  x -> the boxes' centres and half-sizes, or None: the digits report scores where they sit
+                               (DA-GAN)
+    progress         set       the fraction of --iteration done, set before each train_step: the papers' schedules in
+                               epochs ("switch at epoch 30 of 100") follow it, and so scale with the length of the run
 
 Runs live in <result_dir>/<model>/<dataset>/: checkpoints/latest.pt and previous.pt (common.checkpoints), samples/,
 log.jsonl, test/, the run's page index.html with losses.png and run.json (common.report), and .lock, held by the
@@ -43,7 +49,8 @@ import torch
 from tqdm import tqdm
 
 from common import checkpoints, distributed
-from common.data import EMBEDDED, DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_data
+from common.data import DataError, FolderDomain, UnpairedSteps, download_cyclegan, load_data
+from common.datasets import EMBEDDED, embedded
 from common.images import grid, overlay
 from common.report import record_session, replacing, run_page, test_page
 
@@ -109,7 +116,6 @@ def build_parser(name, description, defaults):
     arg("--lr", float, "Adam learning rate")
     arg("--weight_decay", float, "Adam weight decay")
     arg("--img_size", int, "training crop size S (images are resized to 286/256 of S first)")
-    p.add_argument("--img_ch", type=int, default=3, choices=(3,), help="image channels; RGB only (default 3)")
     p.add_argument("--result_dir", default="runs", help="runs go to <result_dir>/<model>/<dataset>/ (default runs)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps "
                                                      "(default auto)")
@@ -211,12 +217,12 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def lr_factor(iteration, decay, start=0.5):
-    """Constant until the fraction `start` of the run, then linear towards 0 (U-GAT-IT §B.2 and CycleGAN: half;
+def lr_factor(iteration, decay, decay_from=0.5):
+    """Constant until the fraction `decay_from` of the run, then linear towards 0 (U-GAT-IT §B.2 and CycleGAN: half;
     GuideGAN: 100 of 150 epochs). Iteration `step` (from 0) uses the factor; the last one gets 1/(iteration − first),
     not 0. U-GAT-IT's released code is one iteration ahead (its factor at `step` is ours at step + 1), so its last
     update has lr 0 and changes nothing."""
-    first = int(iteration * start)
+    first = int(iteration * decay_from)
 
     def factor(step):
         if not decay or step < first:
@@ -443,10 +449,10 @@ def restore(model, schedulers, state, run, lr):
 
 
 def train(model, args, data, run, device):
-    start = args.decay_epoch / args.epochs if hasattr(args, "decay_epoch") else 0.5
-    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_factor(args.iteration, args.decay_flag, start))
+    decay_from = args.decay_epoch / args.epochs if hasattr(args, "decay_epoch") else 0.5
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_factor(args.iteration, args.decay_flag, decay_from))
                   for k, o in model.optimizers.items()}
-    start = 0
+    start = 0  # the first step: 0, or the checkpoint's
     if args.resume and checkpoints.exists(run.checkpoint):
         state = resume_state(run)
         restore(model, schedulers, state, run, run.new_lr)
@@ -557,25 +563,24 @@ def resume_state(run):
 
 
 def evaluate(model, args, data, run, step, device):
-    """The embedded data set's own measures (common.metrics, common.shapes_paired, common.digits), the one path that
-    both the end of training and `--phase test` take. Beside the model's numbers (`A2B/...`) the report holds their
-    floor, `identity/...` (output = input) and `uniform/...` (an attention map that marks everything), and their
-    ceiling, `real/...`. Networks that score images (a segmenter, a classifier) are trained once and kept in
+    """The embedded data set's own measures (its module's `report`, common/datasets/), the one path that both the end
+    of training and `--phase test` take. Beside the model's numbers (`A2B/...`) the report holds their floor,
+    `identity/...` (output = input) and `uniform/...` (an attention map that marks everything), and their ceiling,
+    `real/...`. Networks that score images (a segmenter, a classifier) are trained once and kept in
     <result_dir>/scorers/ (or in $ATTNGAN_SCORERS: the tests share one across their runs)."""
+    dataset = embedded(args.dataset)
+    extras = {name: getattr(model, name) for name in dataset.MODEL_ATTRIBUTES if hasattr(model, name)}
     with evaluating(model):
-        if args.dataset == "shapes":
-            from common.metrics import shapes_report
-            report = shapes_report(model.translate, data["testA"], data["testB"], device,
-                                   directions=directions(model), attention_scale=model.attention_scale)
-        else:
-            from importlib import import_module
-            scorers = Path(os.environ.get("ATTNGAN_SCORERS", Path(args.result_dir) / "scorers"))
-            boxes = {"boxes": model.boxes} if hasattr(model, "boxes") else {}  # DA-GAN's, for common.digits
-            report = import_module(f"common.{args.dataset}").report(model.translate, data, device, scorers,
-                                                                    directions=directions(model), **boxes)
+        report = dataset.report(model.translate, data, device, scorers_folder(args.result_dir),
+                                directions=directions(model), **extras)
     run.write_log({"step": step, "eval": report})
     print(f"{args.dataset} evaluation (test sets): {format_report(report)}")
     return report
+
+
+def scorers_folder(result_dir):
+    """Where the embedded sets' scoring networks are kept: $ATTNGAN_SCORERS, else <result_dir>/scorers/."""
+    return Path(os.environ.get("ATTNGAN_SCORERS", Path(result_dir) / "scorers"))
 
 
 def format_report(report):

@@ -1,5 +1,5 @@
-"""benchmarks/ablation.py: the statistics against a computation written out here, then the runner end to end on
-ugatit at a tiny budget: the files it writes, resume, failing runs, Ctrl-C, bad input."""
+"""benchmarks/ablation.py: the statistics (benchmarks/stats.py) against a computation written out here, then the
+runner end to end on ugatit at a tiny budget: the files it writes, resume, failing runs, Ctrl-C, bad input."""
 import csv
 import json
 import math
@@ -12,6 +12,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from benchmarks import stats
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -28,28 +29,28 @@ def runner(out, *args, extra=TINY):
 # --- statistics ----------------------------------------------------------------------------------------------------
 
 def test_t_quantiles():
-    assert ablation.t975(2) == 4.303 and ablation.t975(4) == 2.776 and ablation.t975(1) == 12.706
-    assert ablation.t975(30) == 2.042 and ablation.t975(31) == 1.96
+    assert stats.t975(2) == 4.303 and stats.t975(4) == 2.776 and stats.t975(1) == 12.706
+    assert stats.t975(30) == 2.042 and stats.t975(31) == 1.96
 
 
 def test_mean_and_sample_sd():
-    mean, sd = ablation.mean_sd([1.0, 2.0, 3.0, 4.0])
+    mean, sd = stats.mean_sd([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and sd == pytest.approx(math.sqrt((1.5 ** 2 + 0.5 ** 2 + 0.5 ** 2 + 1.5 ** 2) / 3))
-    assert math.isnan(ablation.mean_sd([5.0])[1])
-    assert ablation.format_mean_sd([5.0]) == "5.000 ± n/a"
+    assert math.isnan(stats.mean_sd([5.0])[1])
+    assert stats.format_mean_sd([5.0]) == "5.000 ± n/a"
 
 
 def test_paired_difference_by_hand():
     # Seeds move both rows together (10, 20, 30): the per-seed differences are 1, 2, 3, so mean 2, sd 1, and the
     # half-width t(0.975, df 2) * 1 / sqrt(3). Unpaired, the seeds' spread would swamp it. Seed 3 has no full run.
     row, full = {0: 11.0, 1: 22.0, 2: 33.0, 3: 99.0}, {0: 10.0, 1: 20.0, 2: 30.0}
-    mean, half, n = ablation.paired_difference(row, full)
+    mean, half, n = stats.paired_difference(row, full)
     assert (mean, n) == (2.0, 3) and half == pytest.approx(4.303 * 1 / math.sqrt(3))
-    assert ablation.format_difference((mean, half, n)) == "+2.000 [-0.484, +4.484]"  # contains 0: no star
-    assert ablation.format_difference((2.0, 1.0, 3)) == "+2.000 [+1.000, +3.000]*"
-    assert ablation.format_difference((-2.0, 1.0, 3)).endswith("*")
-    assert ablation.paired_difference({0: 3.0}, {0: 1.0}) == (2.0, None, 1)
-    assert ablation.format_difference((2.0, None, 1)) == "+2.000 (n/a)"
+    assert stats.format_difference((mean, half, n)) == "+2.000 [-0.484, +4.484]"  # contains 0: no star
+    assert stats.format_difference((2.0, 1.0, 3)) == "+2.000 [+1.000, +3.000]*"
+    assert stats.format_difference((-2.0, 1.0, 3)).endswith("*")
+    assert stats.paired_difference({0: 3.0}, {0: 1.0}) == (2.0, None, 1)
+    assert stats.format_difference((2.0, None, 1)) == "+2.000 (n/a)"
 
 
 def test_format_table():

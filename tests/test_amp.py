@@ -34,8 +34,7 @@ def batch(name):
     s, t = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
     if name != "dagan":
         return s, t
-    index = torch.arange(2)
-    return s, t, {"index_A": index, "index_B": index, "label_A": torch.tensor([1, -1]), "label_B": torch.tensor([2, 3])}
+    return s, t, {"label_A": torch.tensor([1, -1]), "label_B": torch.tensor([2, 3])}
 
 
 def first_step(name, amp):

@@ -153,10 +153,10 @@ def test_resume_drops_a_log_line_cut_short_by_a_crash(tmp_path):
 
 
 def test_lr_decay_starts_at_the_given_fraction():
-    half, late = lr_factor(150, True), lr_factor(150, True, start=100 / 150)
+    half, late = lr_factor(150, True), lr_factor(150, True, decay_from=100 / 150)
     assert [half(s) for s in (74, 75, 150)] == [1.0, 1.0, 0.0] and half(76) < 1
     assert late(99) == 1.0 and late(100) == 1.0 and late(125) == 0.5 and late(150) == 0.0
-    assert lr_factor(150, False, start=0.1)(149) == 1.0
+    assert lr_factor(150, False, decay_from=0.1)(149) == 1.0
 
 
 def test_preset_may_name_the_embedded_data():

@@ -29,9 +29,7 @@ def model(*argv):
 
 def batch(n=4, labels_B=(1, 2, -1, 3), labels_A=(5, -1, 6, 7)):
     s, t = torch.rand(n, 3, 32, 32) * 2 - 1, torch.rand(n, 3, 32, 32) * 2 - 1
-    index = torch.arange(n)
-    return s, t, {"index_A": index, "index_B": index, "label_A": torch.tensor(labels_A[:n]),
-                  "label_B": torch.tensor(labels_B[:n])}
+    return s, t, {"label_A": torch.tensor(labels_A[:n]), "label_B": torch.tensor(labels_B[:n])}
 
 
 def unit(x):
@@ -307,10 +305,10 @@ def test_paper_defaults_and_bad_flags():
             model(*argv)
 
 
-# --- benchmarks/dagan_boxes.py: where the losses want the box ---------------------------------------------------
+# --- benchmarks/probes/dagan_boxes.py: where the losses want the box ----------------------------------------------
 
 def boxes_probe():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "benchmarks/probes"))
     import dagan_boxes
     return dagan_boxes
 
@@ -363,7 +361,7 @@ def test_how_far_the_boxes_follow_the_digits_against_numpy():
 
 def test_the_digits_true_centre_is_the_middle_of_its_ink():
     """true_centres against the middle of the pixels the labelled digit's ink covers, counted apart."""
-    from common.digits import DigitsDomain
+    from common.datasets.digits import DigitsDomain
     probe = boxes_probe()
     testA = DigitsDomain("A", "test", 32)
     for i, centre in enumerate(probe.true_centres(testA, range(20))):
@@ -403,11 +401,11 @@ def test_cli_digits_train_resume_test(tmp_path):
     run(straight, "--phase", "test", "--seed", "1")
     assert len(list((straight / root / "test/A2B").iterdir())) > 0 and not (straight / root / "test/B2A").exists()
 
-    # benchmarks/dagan_boxes.py on the same run: with f_loc's boxes and with the box left at the image centre, its
-    # distances and F's accuracy are the harness's evaluation (common.digits.report), computed apart
+    # benchmarks/probes/dagan_boxes.py on the same run: with f_loc's boxes and with the box left at the image centre,
+    # its distances and F's accuracy are the harness's evaluation (common.datasets.digits.report), computed apart
     evaluation = [json.loads(l)["eval"] for l in (straight / root / "log.jsonl").read_text().splitlines()
                   if "eval" in l][-1]
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/dagan_boxes.py"),
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/probes/dagan_boxes.py"),
                           str(straight / root / "checkpoints/latest.pt"), "--radius", "1"],
                          capture_output=True, text=True, check=True).stdout
     rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]] for line in out.splitlines()

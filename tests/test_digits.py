@@ -1,8 +1,8 @@
-"""common/digits.py: the embedded SVHN-like / MNIST-like digits, and §4.3's evaluation."""
+"""common/datasets/digits.py: the embedded SVHN-like / MNIST-like digits, and §4.3's evaluation."""
 import torch
 
-from common import digits
-from common.digits import DigitsDomain
+from common.datasets import digits
+from common.datasets.digits import DigitsDomain
 
 
 def test_images_are_pure_functions_of_seed_domain_split_index():

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.datasets import EMBEDDED
 from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PAPERS = ("ugatit", "attentiongan", "uait", "guidegan", "dagan")
-EMBEDDED = ("shapes", "shapes_paired", "digits")
 # Per script: the flags that make its networks tiny (each script's tests use the same).
 TINY = {"ugatit": ["--img_size", "32", "--ch", "4", "--n_res", "1", "--n_dis", "4"],
         "attentiongan": ["--img_size", "32", "--ch", "4", "--ndf", "8", "--n_res", "1", "--n_masks", "3"],

@@ -300,12 +300,12 @@ def test_cli_on_a_pix2pix_folder(tmp_path):
 
 
 def test_map_benchmark_scores_what_the_run_scored(tmp_path):
-    """benchmarks/guidegan_map.py: with D's map it scores exactly what the run's own evaluation logged."""
+    """benchmarks/probes/guidegan_map.py: with D's map it scores exactly what the run's own evaluation logged."""
     run(tmp_path, "--iteration", "2", "--result_dir", str(tmp_path / "table/row/seed0"))
     evaluated = json.loads((tmp_path / "table/row/seed0/guidegan/shapes_paired/log.jsonl").read_text()
                            .splitlines()[-1])["eval"]
     for folder in ("table", "table/row/seed0/guidegan/shapes_paired"):  # the runner's folder, or the run's own
-        p = subprocess.run([sys.executable, str(ROOT / "benchmarks/guidegan_map.py"), str(tmp_path / folder)],
+        p = subprocess.run([sys.executable, str(ROOT / "benchmarks/probes/guidegan_map.py"), str(tmp_path / folder)],
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]
         b2a = [l for l in p.stdout.splitlines() if l.startswith("| row | 1 |")][-1]  # B2A's table comes second

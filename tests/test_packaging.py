@@ -27,5 +27,6 @@ def test_pyproject_declares_the_requirements_files():
 def test_pyproject_names_every_paper_script_and_package():
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     scripts = sorted(p.stem for p in ROOT.glob("*.py"))
-    packages = sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
+    inits = [*ROOT.glob("*/__init__.py"), *ROOT.glob("*/*/__init__.py")]  # common/datasets/ too, no deeper venv
+    packages = sorted(".".join(p.relative_to(ROOT).parent.parts) for p in inits)
     assert sorted(setuptools["py-modules"]) == scripts and sorted(setuptools["packages"]) == packages

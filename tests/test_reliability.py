@@ -345,10 +345,34 @@ def test_weights_that_are_no_checkpoint_are_one_line(tmp_path, T):
             attentiongan.make_model(args, torch.device("cpu"))
 
 
-def test_a_kill_between_the_two_renames_leaves_previous_pt_to_resume_from(tmp_path, checkpoint, capsys):
-    torch.save(checkpoint, tmp_path / "previous.pt")  # latest.pt moved aside, the new one not yet in its place
+def test_a_missing_latest_pt_leaves_previous_pt_to_resume_from(tmp_path, checkpoint, capsys):
+    torch.save(checkpoint, tmp_path / "previous.pt")  # latest.pt deleted by hand, or lost in a copy
     assert checkpoints.load_latest(tmp_path / "latest.pt")["step"] == checkpoint["step"]
     assert "latest.pt is missing; using" in capsys.readouterr().out
+
+
+def test_a_reader_finds_a_complete_latest_pt_at_every_moment_of_the_saves(tmp_path, T):
+    """An evaluation or a copy that reads latest.pt while a run saves every iteration: each read a whole checkpoint.
+    The reads take the bytes alone, and a sample of them is loaded afterwards, so that they come fast enough to land
+    inside a save."""
+    path, reads, missing, sample = tmp_path / RUN / "checkpoints/latest.pt", 0, 0, []
+    writer = start(tmp_path, *T, "--iteration", "60", "--save_freq", "1", "--print_freq", "1000")
+    while writer.poll() is None and not path.exists():  # the first save
+        time.sleep(0.001)
+    while writer.poll() is None:
+        try:
+            read = path.read_bytes()
+        except FileNotFoundError:
+            missing += 1
+            continue
+        reads += 1
+        if reads % 100 == 1:
+            sample.append(read)
+    assert writer.returncode == 0, writer.communicate()[1][-2000:]
+    assert missing == 0 and reads > 60, (missing, reads)
+    for read in sample:
+        (tmp_path / "read.pt").write_bytes(read)
+        checkpoints.load(tmp_path / "read.pt")
 
 
 SCORER_USER = """

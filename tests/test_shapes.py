@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.metrics import attention_auc, attention_iou, background_psnr, on_scale, shapes_report, target_score
-from common.shapes import TEST_SIZE, TRAIN_SIZE, ShapesDomain
+from common.datasets import shapes
+from common.datasets.shapes import TEST_SIZE, TRAIN_SIZE, ShapesDomain, target_score
+from common.metrics import attention_auc, attention_iou, background_psnr, on_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def test_same_index_gives_the_same_image_whatever_the_global_rng():
 
 def test_images_are_identical_across_processes():
     code = (
-        "from common.shapes import ShapesDomain; d = ShapesDomain('B', 'test', 32, seed=4); "
+        "from common.datasets.shapes import ShapesDomain; d = ShapesDomain('B', 'test', 32, seed=4); "
         "print(repr(d.get(9).double().sum().item()), repr(d.mask(9).sum().item()))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -277,16 +278,16 @@ def test_unbounded_maps_share_one_normalisation(test_sets_64):
         on_scale(maps, "percent")
 
 
-# ----------------------------------------------------------------------------- shapes_report
+# ----------------------------------------------------------------------------- report
 
 
-def test_shapes_report_floors_and_ceilings():
+def test_report_floors_and_ceilings():
     test_a, test_b = ShapesDomain("A", "test", 64), ShapesDomain("B", "test", 64)
 
     def identity(x, direction):
         return x, None
 
-    report = shapes_report(identity, test_a, test_b, "cpu", batch_size=6, limit=16)
+    report = shapes.report(identity, {"testA": test_a, "testB": test_b}, "cpu", batch_size=6, limit=16)
     model = {f"{d}/{k}" for d in ("A2B", "B2A") for k in ("bg_psnr", "target")}
     assert set(report) == model | {f"identity/{k}" for k in model} | {f"real/{d}/target" for d in ("A2B", "B2A")}
     assert all(isinstance(value, float) for value in report.values())
@@ -304,8 +305,8 @@ def test_shapes_report_floors_and_ceilings():
             return torch.zeros_like(x), masks
         return translate
     for direction in ("A2B", "B2A"):
-        seen = shapes_report(grey_with_true_masks({"A2B": test_a, "B2A": test_b}), test_a, test_b, "cpu",
-                             batch_size=6, limit=16, directions=(direction,))
+        seen = shapes.report(grey_with_true_masks({"A2B": test_a, "B2A": test_b}), {"testA": test_a, "testB": test_b},
+                             "cpu", batch_size=6, limit=16, directions=(direction,))
         assert seen[f"{direction}/bg_psnr"] < 20
         assert seen[f"{direction}/iou"] > 0.99 and seen[f"{direction}/auc"] > 0.999  # the ceiling
         assert seen[f"uniform/{direction}/auc"] == 0.5  # a map that marks everything ranks nothing

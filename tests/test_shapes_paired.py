@@ -1,12 +1,12 @@
-"""common/shapes_paired.py: the embedded photo <-> label scenes, and GuideGAN §4.1's scores."""
+"""common/datasets/shapes_paired.py: the embedded photo <-> label scenes, and GuideGAN §4.1's scores."""
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from common import shapes_paired as sp
-from common.shapes_paired import PairedShapesDomain
+from common.datasets import shapes_paired as sp
+from common.datasets.shapes_paired import PairedShapesDomain
 
 
 def test_scenes_are_pure_functions_and_a_and_b_show_the_same_scene():

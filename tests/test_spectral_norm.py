@@ -46,9 +46,9 @@ def test_two_training_forwards_then_one_backward_match_torch(kind):
 
 
 def test_the_two_pass_benchmark_runs():
-    """benchmarks/sn_passes.py: its TwoPasses model is the authors' D loss (two training forwards of each D per
+    """benchmarks/probes/sn_passes.py: its TwoPasses model is the authors' D loss (two training forwards of each D per
     update, then one backward, which the in-place bug made fail); one row per reported iteration."""
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks/sn_passes.py"), "--steps", "2", "--every", "1"],
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks/probes/sn_passes.py"), "--steps", "2", "--every", "1"],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     rows = [line for line in p.stdout.splitlines() if line[:1].isdigit()]

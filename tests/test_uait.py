@@ -12,7 +12,7 @@ from PIL import Image
 
 import uait
 from common.blocks import ImagePool
-from common.shapes import ShapesDomain
+from common.datasets.shapes import ShapesDomain
 from common.train import UsageError, build_parser, load_checkpoint, parse_args, save_checkpoint
 from conftest import ROOT
 
@@ -115,8 +115,8 @@ def test_paper_hyperparameters_are_the_defaults():
     assert m.switch == 0.3 and m.cycle_weight == 10
     for opt in m.optimizers.values():
         assert opt.param_groups[0]["betas"] == (0.5, 0.999) and opt.param_groups[0]["weight_decay"] == 0
-    preset = parse_args(parser, [], uait.SHAPES_PRESET)
-    assert preset.dataset == "shapes" and preset.img_size == 64 and preset.iteration == uait.SHAPES_PRESET["iteration"]
+    preset = parse_args(parser, [], uait.CPU_PRESET)
+    assert preset.dataset == "shapes" and preset.img_size == 64 and preset.iteration == uait.CPU_PRESET["iteration"]
     assert preset.switch_epoch == 60  # the preset's own switch (docs/uait.md); real data keeps the paper's 30
 
 
@@ -403,8 +403,9 @@ def test_train_then_test_phase(tmp_path):
     assert Image.open(a2b[0]).size == (4 * 34 + 2, 36)
     assert set(json.loads((root / "test/metrics.json").read_text())) >= {"A2B/target", "B2A/iou"}
 
-    # benchmarks/attention_levels.py on the same checkpoint: A_S's mean over the object pixels of the test apples
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/attention_levels.py"), "uait",
+    # benchmarks/probes/attention_levels.py on the same checkpoint: A_S's mean over the object pixels of the test
+    # apples
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/probes/attention_levels.py"), "uait",
                           str(root / "checkpoints/latest.pt")], capture_output=True, text=True, check=True).stdout
     A_S = uait.AttentionNet(4)
     A_S.load_state_dict(state["nets"]["A_S"])
@@ -446,9 +447,9 @@ def test_resume_with_a_larger_iteration_is_exact_across_the_switch_on_a_folder_d
 
 
 def test_the_floor_of_a_map_is_the_smallest_map_any_content_in_range_allows():
-    """benchmarks/attention_levels.py's floor against a brute-force search: the smallest a on a fine grid for which
-    C = x + (y − x)/a lies in [−1, 1] in every channel, with y made by Eq. (1) from a known map and content."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    """benchmarks/probes/attention_levels.py's floor against a brute-force search: the smallest a on a fine grid for
+    which C = x + (y − x)/a lies in [−1, 1] in every channel, with y made by Eq. (1) from a known map and content."""
+    sys.path.insert(0, str(ROOT / "benchmarks/probes"))
     from attention_levels import floor
     g = torch.Generator().manual_seed(0)
     x = torch.rand(1, 3, 4, 4, generator=g, dtype=torch.float64) * 1.8 - 0.9

@@ -265,3 +265,8 @@ def report(translate, data, device, cache_dir, directions=("A2B", "B2A"), seed=0
                 for name, output in outputs.items():
                     matrices[name] = matrices.get(name, 0) + confusion(scorer[direction](output.float()).cpu(), true)
     return {f"{name}/{key}": value for name, matrix in matrices.items() for key, value in scores(matrix).items()}
+
+
+# What the harness reads (common.data.load_data, common.train.evaluate): the domains' class, whether A[i] and B[i]
+# are one scene, and the model's attributes that report takes besides translate and directions.
+Domain, PAIRED, MODEL_ATTRIBUTES = PairedShapesDomain, True, ()

@@ -1,6 +1,6 @@
-"""Speed of the FID Inception's feature extraction (common/fid.py), in images per second.
+"""How fast does the FID Inception (common/fid.py) extract features, in images per second? (docs/evaluation.md)
 
-    python benchmarks/fid_features.py [--n 100] [--batch_size 50] [--img_size 256] [--device cpu]
+    python benchmarks/probes/fid_features.py [--n 100] [--batch_size 50] [--img_size 256] [--device cpu]
 
 Random weights stand in for the real file (the speed does not depend on the values), loaded as a user's file is;
 the images are random, at the papers' 256 px, resized by the network to 299 as for KID and FID. Prints the torch
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from common.fid import FIDInception, features, load_inception  # noqa: E402
 

@@ -1,38 +1,34 @@
-"""Does D's map change what a trained GuideGAN generator produces, and does it help? For every finished run under
-the given folders (e.g. the ablation runner's), the same trained networks translate the test set twice: as
-`translate` does, with D's map (y1 of Eq. 1), and with the all-ones map in its place (y0, what G makes unguided).
-Prints per attention row the scores of both, their difference paired by seed with a 95% t interval, and the mean
-|y1 - y0| on [-1, 1] (0: the map changes nothing).
+"""Does D's map change what a trained GuideGAN generator produces, and does it help? (docs/guidegan.md;
+docs/exercises.md: GuideGAN 2 and 3)
 
-    python benchmarks/guidegan_map.py runs/ablation/guidegan
+For every finished run under the given folders (e.g. the ablation runner's), the same trained networks translate the
+test set twice: as `translate` does, with D's map (y1 of Eq. 1), and with the all-ones map in its place (y0, what G
+makes unguided). Prints per attention row the scores of both, their difference paired by seed with a 95% t interval,
+and the mean |y1 - y0| on [-1, 1] (0: the map changes nothing).
+
+    python benchmarks/probes/guidegan_map.py runs/ablation/guidegan
 """
 import argparse
-import os
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import torch
 
-from ablation import format_difference, format_mean_sd, paired_difference
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import guidegan  # noqa: E402
-from common import shapes_paired  # noqa: E402
+from benchmarks.stats import format_difference, format_mean_sd, paired_difference  # noqa: E402
 from common.data import load_data  # noqa: E402
-from common.train import evaluating, load_checkpoint, load_nets  # noqa: E402
+from common.datasets import shapes_paired  # noqa: E402
+from common.runs import load_run, scorers_of  # noqa: E402
+from common.train import evaluating  # noqa: E402
 
 
-def measure(path, folder, device):
-    """None for a run without attention or not finished; else (run args, the scores with D's map, the scores with the all-ones map, mean |y1 - y0| per direction)."""
-    state = load_checkpoint(path)
-    args = Namespace(**state["args"])
-    if args.attention == "none" or state["step"] < args.iteration:
+def measure(path, device):
+    """None for a run without attention or not finished; else (run args, the scores with D's map, the scores with
+    the all-ones map, mean |y1 - y0| per direction)."""
+    model, args, step = load_run(path, "guidegan", device)
+    if args.attention == "none" or step < args.iteration:
         return None  # no map to take away, or not finished
-    model = guidegan.make_model(args, device)
-    load_nets(model.nets, state["nets"], path)
     data = load_data(args.dataset, args.img_size, root=args.data_root, seed=args.seed, paired=True)
     nets = {"A2B": (model.G_X, model.D_Y), "B2A": (model.G_Y, model.D_X)}
     change = {d: [] for d in nets}
@@ -42,10 +38,7 @@ def measure(path, folder, device):
         change[direction].append((y1 - y0).abs().mean((1, 2, 3)))
         return y1, M
 
-    # The segmenter the run was scored with: $ATTNGAN_SCORERS, the ablation runner's <folder>/scorers, or the
-    # run's own (<run>/guidegan/shapes_paired/checkpoints/latest.pt -> <run>/scorers).
-    shared = folder / "scorers"
-    scorers = Path(os.environ.get("ATTNGAN_SCORERS", shared if shared.is_dir() else path.parents[3] / "scorers"))
+    scorers = scorers_of(path)  # the segmenter the run was scored with
     with evaluating(model):
         with_map = shapes_paired.report(guided, data, device, scorers)
         ones = shapes_paired.report(lambda x, d: (model.unguided(nets[d][0], x), None), data, device, scorers)
@@ -58,11 +51,11 @@ def main():
                         help="folders holding finished guidegan runs, or one run's folder, "
                              "<result_dir>/guidegan/shapes_paired")
     folders = parser.parse_args().folders
-    runs = sorted((p, f) for f in folders for p in f.resolve().glob("**/checkpoints/latest.pt")
+    runs = sorted(p for f in folders for p in f.resolve().glob("**/checkpoints/latest.pt")
                   if p.parts[-4:-2] == ("guidegan", "shapes_paired"))
     rows = {}  # row folder -> seed -> (with map, all ones, change)
-    for path, folder in runs:
-        if measured := measure(path, folder, torch.device("cpu")):
+    for path in runs:
+        if measured := measure(path, "cpu"):
             args, with_map, ones, change = measured
             rows.setdefault(path.parents[4].name, {})[args.seed] = (with_map, ones, change)
     if not rows:

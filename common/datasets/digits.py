@@ -261,3 +261,8 @@ def report(translate, data, device, cache_dir, directions=("A2B",), seed=0, step
             error, share = box_scores(c, halves, testA, range(len(testA)))
             scores.update({f"{name}/box_error_px": error / len(testA), f"{name}/ink_in_box": share / len(testA)})
     return scores
+
+
+# What the harness reads (common.data.load_data, common.train.evaluate): the domains' class, whether A[i] and B[i]
+# are one scene, and the model's attributes that report takes besides translate and directions (DA-GAN's boxes).
+Domain, PAIRED, MODEL_ATTRIBUTES = DigitsDomain, False, ("boxes",)

@@ -1,7 +1,9 @@
-"""Where DA-GAN's own losses want its box, and what a box on the labelled digit would buy a trained model. On the
-digits test set of A (SVHN-like), the trained networks of one run put each image's box at f_loc's centre (as
-trained), at the image centre and at the labelled digit's true centre, and on grids of offsets (every pixel within
---radius) around f_loc's centre and around the digit's, and read there:
+"""Where do DA-GAN's own losses want its box, and what would a box on the labelled digit buy a trained model?
+(docs/dagan.md; docs/exercises.md: DA-GAN 2)
+
+On the digits test set of A (SVHN-like), the trained networks of one run put each image's box at f_loc's centre
+(as trained), at the image centre and at the labelled digit's true centre, and on grids of offsets (every pixel
+within --radius) around f_loc's centre and around the digit's, and read there:
 - the geometric regulariser (§3.1): the classifier's cross-entropy on DAE(X) against the label. It is the one term
   of Eq. 9 that knows which digit of s the label names, so the box follows the digit only as far as this landscape
   falls towards it. Averaged over the images, the grid around f_loc's centre says whether the box sits in a well
@@ -14,7 +16,7 @@ Then how far f_loc's boxes follow the digits: per axis, the least-squares slope 
 centre on the digit's, and their mean offset. Distances are in pixels; the differences "box on the digit minus box at
 f_loc's centre" are paired by image, with a 95% t interval.
 
-    python benchmarks/dagan_boxes.py runs/dagan/digits/checkpoints/latest.pt
+    python benchmarks/probes/dagan_boxes.py runs/dagan/digits/checkpoints/latest.pt
 """
 import argparse
 import os
@@ -24,14 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ablation import format_difference, paired_difference
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import dagan  # noqa: E402
-from common import digits  # noqa: E402
+from benchmarks.stats import format_difference, paired_difference  # noqa: E402
 from common.data import load_data  # noqa: E402
-from common.train import UsageError, build_parser, load_checkpoint, load_nets, our_nets  # noqa: E402
+from common.datasets import digits  # noqa: E402
+from common.runs import load_run, scorers_of  # noqa: E402
+from common.train import UsageError  # noqa: E402
 
 
 def grid(radius, size):
@@ -43,7 +44,7 @@ def grid(radius, size):
 
 
 def true_centres(domain, indices):
-    """The centre of each labelled digit's box (common.digits), in the same units: len(indices) × 2."""
+    """The centre of each labelled digit's box (common.datasets.digits), in the same units: len(indices) × 2."""
     return torch.stack([domain.render(i)[2][:2] + domain.render(i)[2][2:] - 1 for i in indices])
 
 
@@ -73,30 +74,18 @@ def follows(boxes, digits):
 
 
 def load(path):
-    state = load_checkpoint(path)
-    nets = our_nets(state)
-    if nets is None:
-        raise UsageError(f"{path}: not one of our checkpoints")
-    parser = build_parser("dagan", "", dagan.DEFAULTS)
-    dagan.add_arguments(parser)
-    args = parser.parse_args([])  # today's defaults for a flag the run's version did not have
-    args.__dict__.update(state["args"])
-    if not args.dae or args.n_boxes != 1 or args.dataset != "digits":
+    run = load_run(path, "dagan")
+    if not run.args.dae or run.args.n_boxes != 1 or run.args.dataset != "digits":
         raise UsageError(f"{path}: needs a DA-GAN run with its one box (--dae True --n_boxes 1) on the digits, "
                          f"whose labelled digit's box is known")
-    model = dagan.make_model(args, torch.device("cpu"))
-    load_nets(model.nets, nets, path)
-    for net in model.nets.values():
-        net.eval()
-    return model, args, state["step"]
+    return run
 
 
-def measure(model, args, radius=4, batch=100):
+def measure(model, args, scorers, radius=4, batch=100):
     """Per image of A's test set: the regulariser's cross-entropy and whether F's §4.3 prediction is right with the
     box at f_loc's centre, the image centre and the digit's centre (ce_*, right_*); the cross-entropy on a grid of
     offsets around f_loc's centre and around the digit's (around_*, B × G); f_loc's and the digit's centres."""
     testA = load_data("digits", args.img_size, seed=args.seed)["testA"]
-    scorers = Path(os.environ.get("ATTNGAN_SCORERS", Path(args.result_dir) / "scorers"))
     judge = digits.classifier(scorers, args.img_size, 0, torch.device("cpu"))  # the harness's: seed 0 for every run
     x_all = torch.stack([testA.get(i) for i in range(len(testA))])
     y_all = torch.tensor([testA.label(i) for i in range(len(testA))])
@@ -128,7 +117,7 @@ def main():
         model, args, step = load(opts.checkpoint)
     except UsageError as e:
         sys.exit(f"error: {e}")
-    got = measure(model, args, opts.radius)
+    got = measure(model, args, scorers_of(opts.checkpoint), opts.radius)
     size = args.img_size
     print(f"dagan, step {step}, seed {args.seed}, --box_size {args.box_size}: {len(got['digit'])} test images of A"
           + ("; --labels T: its classifier never learned A's labels" if args.labels == "T" else ""))

@@ -1,7 +1,10 @@
-"""How strongly a trained model attends inside the object and outside it, on the shapes test sets: the mean of its
-attention map (on [0, 1], as the evaluation puts it) over object pixels and over background pixels, and the
-fraction of object pixels above 0.5 (what the evaluation's IoU marks). A map can rank every object pixel above every
-background one (AUC 1) and still mark none of them: this says by how much it falls short.
+"""How strongly does a trained model attend inside the object and outside it? (docs/uait.md, docs/attentiongan.md,
+docs/evaluation.md; docs/exercises.md: UAIT 1 and 5, AttentionGAN 2 and 4)
+
+On the shapes test sets: the mean of its attention map (on [0, 1], as the evaluation puts it) over object pixels and
+over background pixels, and the fraction of object pixels above 0.5 (what the evaluation's IoU marks). A map can rank
+every object pixel above every background one (AUC 1) and still mark none of them: this says by how much it falls
+short.
 
 For the scripts whose output is a blend, y = x + a·(C − x) with content C in [−1, 1] (UAIT's Eq. 1; AttentionGAN's
 Eqs. 1-2, a the foreground's mass), it also prints the map's floor inside the object and outside: the smallest a
@@ -11,21 +14,21 @@ lies close to x and the map matters little to y. Beside them, the floor of a per
 turned into the mean colour of the other domain's objects): where that is below 0.5, a map at its floor cannot mark
 the object at the evaluation's threshold however well it translates.
 
-    python benchmarks/attention_levels.py uait runs/uait/shapes/checkpoints/latest.pt
+    python benchmarks/probes/attention_levels.py uait runs/uait/shapes/checkpoints/latest.pt
 """
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from common.datasets.shapes import ShapesDomain  # noqa: E402
 from common.metrics import on_scale  # noqa: E402
-from common.shapes import ShapesDomain  # noqa: E402
-from common.train import UsageError, build_parser, load_checkpoint, load_nets, our_nets  # noqa: E402
+from common.runs import load_run  # noqa: E402
+from common.train import UsageError  # noqa: E402
 
 
 BLENDS = ("uait", "attentiongan")
@@ -73,24 +76,12 @@ def main():
     p.add_argument("script", choices=("ugatit", "attentiongan", "uait", "dagan"))
     p.add_argument("checkpoint")
     opts = p.parse_args()
-    paper = importlib.import_module(opts.script)
     try:
-        state = load_checkpoint(opts.checkpoint)
-        nets = our_nets(state)
-        if nets is None:
-            raise UsageError(f"{opts.checkpoint}: not one of our checkpoints")
-        parser = build_parser(opts.script, "", paper.DEFAULTS)
-        paper.add_arguments(parser)
-        args = parser.parse_args([])
-        args.__dict__.update(state["args"])
-        model = paper.make_model(args, torch.device("cpu"))
-        load_nets(model.nets, nets, opts.checkpoint)
+        model, args, step = load_run(opts.checkpoint, opts.script)
     except UsageError as e:
         sys.exit(f"error: {e}")
-    for net in model.nets.values():
-        net.eval()
     blend = opts.script in BLENDS
-    print(f"{opts.script}, step {state['step']}: attention inside the object | outside | object pixels above 0.5")
+    print(f"{opts.script}, step {step}: attention inside the object | outside | object pixels above 0.5")
     for direction in ("A2B", "B2A"):
         got = levels(model, direction, args.img_size, blend)
         print(f"{direction}: " + ("no attention" if got is None else

@@ -1,4 +1,5 @@
-"""How much it matters that ugatit.py's discriminator loss passes real and fake through D as one batch.
+"""How much does it matter that ugatit.py's discriminator loss passes real and fake through D as one batch?
+(docs/ugatit.md)
 
 Spectral norm takes one power-iteration step per training forward. The authors' code passes real and fake
 separately, so each of their discriminators takes two steps per D update where ours takes one (and one more each
@@ -6,7 +7,7 @@ in the generators' update, for both). This trains the shapes preset both ways fr
 and prints, every --every iterations: the worst relative error |σ̂/σ − 1| of the estimate σ̂ = uᵀWv against W's
 true largest singular value, over all spectral-norm layers of the four discriminators, and the two runs' losses.
 
-    python benchmarks/sn_passes.py --steps 300 --every 50
+    python benchmarks/probes/sn_passes.py --steps 300 --every 50
 """
 import argparse
 import sys
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import ugatit  # noqa: E402
 from common.blocks import SpectralNorm, lsgan  # noqa: E402
-from common.shapes import ShapesDomain  # noqa: E402
+from common.datasets.shapes import ShapesDomain  # noqa: E402
 from common.train import build_parser, seed_everything  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def main():
     parser = build_parser("ugatit", "", ugatit.DEFAULTS)
     ugatit.add_arguments(parser)
     args = parser.parse_args([])
-    args.__dict__.update(ugatit.SHAPES_PRESET)
+    args.__dict__.update(ugatit.CPU_PRESET)
     A, B = (ShapesDomain(d, "train", args.img_size) for d in "AB")
     runs = {}
     for label, cls in (("one batch (ours)", ugatit.UGATIT), ("two passes (authors')", TwoPasses)):
