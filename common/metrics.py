@@ -16,7 +16,6 @@ How a map is read depends on what the paper defines it as (``attention_scale``):
 """
 
 import contextlib
-import math
 import os
 from pathlib import Path
 
