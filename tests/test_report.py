@@ -10,13 +10,13 @@ import sys
 import time
 from urllib.parse import unquote
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from common import report
 from conftest import ROOT
 from test_cli import TINY, run
+from test_reliability import T as no_test_sets  # noqa: F401 (a fixture: TINY on two images a domain)
 
 RUN = "runs/ugatit/shapes"
 
@@ -44,18 +44,6 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("trained")
     run(work, *TINY, "--iteration", "2", "--print_freq", "1", "--save_freq", "1")
     return work
-
-
-@pytest.fixture(scope="module")
-def no_test_sets(tmp_path_factory):
-    """Training flags on a folder of two images per domain: no test sets, so no evaluation (seconds saved)."""
-    root = tmp_path_factory.mktemp("data")
-    for domain in ("trainA", "trainB"):
-        (root / "tiny" / domain).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(np.random.default_rng(i).integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(
-                root / "tiny" / domain / f"{i}.png")
-    return [*TINY, "--dataset", "tiny", "--data_root", str(root)]
 
 
 def test_the_page_after_a_run_shows_its_grids_curves_and_evaluation_beside_the_floors(trained):
