@@ -195,12 +195,12 @@ def run(script, setting, flags, amp):
     paper.add_arguments(parser)
     args = parser.parse_args(flags + ["--amp", amp])
     if setting == "preset":
-        for dest, value in paper.SHAPES_PRESET.items():
+        for dest, value in paper.CPU_PRESET.items():
             if dest != "dataset" and f"--{dest}" not in flags:
                 setattr(args, dest, value)
     seed_everything(0)
     model = paper.make_model(args, torch.device("cpu"))
-    shape = (args.batch_size, args.img_ch, args.img_size, args.img_size)
+    shape = (args.batch_size, 3, args.img_size, args.img_size)
     batch = [torch.rand(shape) * 2 - 1, torch.rand(shape) * 2 - 1]
     if getattr(model, "batch_info", False):  # per-image indices (GuideGAN's cache) and labels (DA-GAN)
         index, label = torch.arange(args.batch_size), torch.randint(10, (args.batch_size,))

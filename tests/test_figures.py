@@ -1,10 +1,10 @@
-"""benchmarks/figures.py, the command that makes the docs' figures: it copies the run's last sample grid, and refuses a name
-that is no paper script in one line."""
+"""benchmarks/figures.py, the command that makes the docs' figures: it copies the run's last sample grid, and
+refuses a name that is no paper script in one line."""
 import subprocess
 import sys
 
 from conftest import ROOT
-from test_exercises import SHORT, TINY
+from test_docs import SHORT, TINY
 
 FIGURES = str(ROOT / "benchmarks/figures.py")
 
