@@ -26,22 +26,23 @@ A is S (the source: SVHN-like digits in the embedded `digits` data), B is T (MNI
 Where the paper is silent, our choices (measured: docs/dagan.md#decisions and #investigations):
 - Centres in kernels/boxmask.py's normalised coordinates (the image spans [-1, 1]); k = 20 per unit is an edge of a
   tenth of the side, so several pixels pass gradient to the centre (RA-CNN's k = 10 per pixel would pass almost none).
-- Fixed half-sizes, --box_size 0.75 of the side: the box must hold a whole digit of either domain, since DAE(t) is
-  all G sees of t; f_loc predicts centres only (Eq. 1). At 0.5 the regulariser and F stayed at chance.
-- f_loc: conv, BN, ReLU, then a head whose last linear layer starts at zero (every box starts centred); centres
-  tanh(--loc_gain · head), gain 1 (a larger gain ran the boxes off the digit with T's labels, changed nothing with
-  S's). --f_loc pool (default, Table 1(a)'s) averages the features over the image;
-  --f_loc fc is RA-CNN's two fully connected layers on the flattened map. --box_jitter σ (ours) adds N(0, σ px) to
-  the centres in training. The pooled head's boxes do not follow the digit and its classifier comes to need them
-  where they are; only fc with jitter together make them follow. The defaults stay Table 1(a)'s.
+- Fixed half-sizes, --box_size 0.625 of the side (20 px at 32, about a digit's height); f_loc predicts centres only
+  (Eq. 1). At 0.75 a centred box holds the digit and f_loc gains nothing by moving it; at 0.5 it settles off it.
+- f_loc (--f_loc fc): conv, BN, ReLU, then RA-CNN's two fully connected layers on the flattened map, which keep where
+  each feature is; the last starts at zero (every box starts centred); centres tanh(--loc_gain · head), gain 1.
+  --f_loc pool averages the features over the image first: its boxes never follow the digit.
+- --box_jitter 3 (ours, not in the paper; 0 turns it off): N(0, 3 px) on the centres in training, never in eval. The
+  regulariser's classifier then sees crops from around the box, not from one place, so it cannot dig a well that
+  holds the box there; without the jitter the fc head's boxes stayed too.
 - The crop R_i = X ∘ M_i on [0, 1] pixels: what a box leaves out is black, the MNIST-like background.
 - d: Classifier (Table 4's 9 residual blocks) on DAE(X). The regulariser is its cross-entropy; L_cst and L_sym
   compare its pooled features, mean |φ(u) − φ(v)|. It learns only from the labels (else it could make φ constant).
+  Its weight in Eq. 9, --cls_weight 10: the one term that pulls the box to the digit, against α = 10 for L_cst.
 - --labels S (default): §4.3 adapts a classifier trained on the source domain's labels to a target domain without
   any, as SA, DANN, DTN and UNIT do on SVHN -> MNIST; S's are the only labels that can tell the box which digit of s
   to attend to. T (MNIST-like only) is the runner's second table; both is Table 4's semi-supervised setting.
-- Log loss as printed (Eq. 7-8), G non-saturating. α = 10, β = 1, regulariser weight 1 (at α = 1 w/o Sym measured
-  F's collapse, not the symmetry term); Adam (0.5, 0.999) at §3.4's 2e-4, no decay.
+- Log loss as printed (Eq. 7-8), G non-saturating. α = 10, β = 1 (at α = 1 w/o Sym measured F's collapse, not the
+  symmetry term); Adam (0.5, 0.999) at §3.4's 2e-4, no decay.
 """
 import torch
 import torch.nn as nn
@@ -64,13 +65,13 @@ DEFAULTS = {
     "ch": (32, "our choice"),
     "n_res": (4, "our choice: §3.4 says 'several'"),
     "n_boxes": (1, "Table 4: one region (the digit) for MNIST & SVHN"),
-    "box_size": (0.75, "our choice: fraction of the side the box covers (the docstring says why)"),
+    "box_size": (0.625, "our choice: fraction of the side the box covers (the docstring says why)"),
     "k": (20.0, "our choice: σ's steepness per normalised unit (the image spans 2 units)"),
     "loc_gain": (1.0, "our choice: f_loc's centres are tanh(loc_gain · linear(·)) (the docstring says why)"),
-    "box_jitter": (0.0, "not in the paper: noise on the centres in training, in pixels (the docstring says why)"),
+    "box_jitter": (3.0, "not in the paper: noise on the centres in training, in pixels (the docstring says why)"),
     "alpha": (10.0, "α of Eq. 9; our choice, the paper gives none (the docstring says why)"),
     "beta": (1.0, "β of Eq. 9; our choice, the paper gives none"),
-    "cls_weight": (1.0, "weight of the geometric regulariser; our choice"),
+    "cls_weight": (10.0, "weight of the geometric regulariser; our choice (the docstring says why)"),
 }
 # `python dagan.py` with no --dataset: the embedded digits, SVHN-like -> MNIST-like, at a size a 2-core CPU trains
 # in minutes (benchmarks/train_step.py dagan --ch 16 --batch_size 32).
@@ -309,10 +310,12 @@ def add_arguments(parser):
     arg("--box_size", float, "side of each box as a fraction of the image side (Eq. 2's 2w, 2h)")
     arg("--k", float, "steepness of the soft box edge, Eq. 4")
     arg("--loc_gain", float, "gain of f_loc's output before its tanh: how fast the boxes move (Eq. 1)")
-    parser.add_argument("--f_loc", choices=("pool", "fc"), default="pool",
-                        help="f_loc's head (Eq. 1): pool (average the features over the image, then a linear layer; "
-                             "default) or fc (RA-CNN's two fully connected layers on the flattened features)")
-    arg("--box_jitter", float, "sd in pixels of the noise added to the box centres in training (0: none)")
+    parser.add_argument("--f_loc", choices=("fc", "pool"), default="fc",
+                        help="f_loc's head (Eq. 1): fc (RA-CNN's two fully connected layers on the flattened features; "
+                             "default) or pool (average the features over the image, then a linear layer: its boxes "
+                             "do not follow the digit)")
+    arg("--box_jitter", float, "sd in pixels of the noise added to the box centres in training, not in the paper "
+                               "(0: none, the paper's form)")
     arg("--alpha", float, "weight of the consistency loss, Eq. 9")
     arg("--beta", float, "weight of the symmetry loss, Eq. 9")
     arg("--cls_weight", float, "weight of the geometric regulariser (the classifier on DAE(X))")

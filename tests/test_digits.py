@@ -1,4 +1,5 @@
 """common/datasets/digits.py: the embedded SVHN-like / MNIST-like digits, and §4.3's evaluation."""
+import pytest
 import torch
 
 from common.datasets import digits
@@ -65,6 +66,22 @@ def test_report_floor_ceiling_and_cache(tmp_path):
     assert r["A2B/accuracy"] > 0.95 and abs(r["A2B/accuracy"] - r["real/A2B/accuracy"]) < 0.02
 
 
+def test_report_says_where_the_boxes_sit(tmp_path):
+    """Boxes that follow each labelled digit's centre (computed here from the digit's box) by half in x and by 0.3 in
+    y: slope 0.4, the mean of the two, and their distance from the digit |(0.5 x, 0.7 y)|; a centred box ignores it
+    (slope 0) and misses it by |(x, y)|."""
+    data = {f"test{d}": DigitsDomain(d, "test", 32) for d in "AB"}
+    boxes = torch.stack([data["testA"].render(i)[2] for i in range(500)])
+    truth = boxes[:, :2] + boxes[:, 2:] - 1  # onto [-1, 1]
+    batches = iter(torch.split(truth * torch.tensor([0.5, 0.3]), 100))  # report asks for A's test set in order
+    partway = lambda x: (next(batches)[:, None], torch.full((len(x), 1, 2), 0.3))  # noqa: E731
+    r = digits.report(lambda x, direction: (x, None), data, torch.device("cpu"), tmp_path, steps=60, boxes=partway)
+    assert r["A2B/box_slope"] == pytest.approx(0.4, abs=1e-5) and r["centred/A2B/box_slope"] == 0
+    missed = (truth * torch.tensor([0.5, 0.7])).norm(dim=1).mean().item() * 16  # in px: 16 px a unit at 32 px
+    assert r["A2B/box_error_px"] == pytest.approx(missed, rel=1e-4)
+    assert r["centred/A2B/box_error_px"] == pytest.approx(truth.norm(dim=1).mean().item() * 16, rel=1e-4)
+
+
 def test_a_digit_sits_anywhere_in_the_middle_and_its_box_holds_its_ink():
     a, b = DigitsDomain("A", "train", 32), DigitsDomain("B", "train", 32)
     centres = {}
@@ -79,6 +96,32 @@ def test_a_digit_sits_anywhere_in_the_middle_and_its_box_holds_its_ink():
             assert ink.sum() > 10 and (ink * ~inside).sum() == 0  # all the digit's ink in its box
     spread = centres["A"].amax(0) - centres["A"].amin(0)
     assert (spread >= 0.2).all() and (centres["B"].std(0) < 0.05).all()  # SVHN-like off centre, MNIST-like centred
+
+
+def test_how_far_the_boxes_follow_the_digits_against_numpy():
+    """follows: per axis, numpy's least-squares line and correlation of the boxes' centres on the digits', in float64,
+    on boxes that follow x by half and ignore y, 0.1 below the digits on average."""
+    import numpy as np
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(200, 2, generator=g, dtype=torch.float64) - 0.5
+    boxes = torch.stack([0.5 * truth[:, 0], torch.zeros(200, dtype=torch.float64)], 1) \
+        + 0.05 * torch.randn(200, 2, generator=g, dtype=torch.float64) + torch.tensor([0.0, 0.1], dtype=torch.float64)
+    slope, correlation, offset = digits.follows(boxes, truth)
+    for axis in (0, 1):
+        b, d = boxes[:, axis].numpy(), truth[:, axis].numpy()
+        assert slope[axis].item() == pytest.approx(np.polyfit(d, b, 1)[0])
+        assert correlation[axis].item() == pytest.approx(np.corrcoef(d, b)[0, 1])
+        assert offset[axis].item() == pytest.approx((b - d).mean())
+    assert slope[0].item() == pytest.approx(0.5, abs=0.05) and abs(slope[1].item()) < 0.05
+
+
+def test_the_digits_true_centre_is_the_middle_of_its_ink():
+    """true_centres against the middle of the pixels the labelled digit's ink covers, counted apart."""
+    testA = DigitsDomain("A", "test", 32)
+    for i, centre in enumerate(digits.true_centres(testA, range(20))):
+        ys, xs = (testA.render(i)[1] > 0.05).nonzero(as_tuple=True)
+        middle = torch.stack([xs.min() + xs.max() + 1, ys.min() + ys.max() + 1]) / 32 - 1  # pixel i spans [i, i + 1)
+        assert (centre - middle).norm() * 32 / 2 < 1  # in px
 
 
 def test_box_scores_on_hand_made_boxes():

@@ -43,11 +43,6 @@ def grid(radius, size):
     return torch.stack([x.flatten(), y.flatten()], 1)
 
 
-def true_centres(domain, indices):
-    """The centre of each labelled digit's box (common.datasets.digits), in the same units: len(indices) × 2."""
-    return torch.stack([domain.render(i)[2][:2] + domain.render(i)[2][2:] - 1 for i in indices])
-
-
 def cross_entropy_at(model, x, labels, centres):
     """The regulariser's cross-entropy per image with its one box at `centres` (B × 2)."""
     return F.cross_entropy(model.C(model.DAE.attend_at(x, centres[:, None])), labels, reduction="none")
@@ -62,15 +57,6 @@ def landscape(model, x, labels, centres):
 
 def distance_px(a, b, size):
     return (a - b).norm(dim=-1) * size / 2
-
-
-def follows(boxes, digits):
-    """Per axis (x, y) of B × 2 centres: the least-squares slope of the boxes' centres on the digits' (1: the box
-    moves as the digit does, 0: it ignores it), their correlation, and the mean offset boxes − digits."""
-    b, d = boxes - boxes.mean(0), digits - digits.mean(0)
-    slope = (b * d).sum(0) / (d * d).sum(0)
-    correlation = (b * d).sum(0) / ((b * b).sum(0) * (d * d).sum(0)).sqrt()
-    return slope, correlation, (boxes - digits).mean(0)
 
 
 def load(path):
@@ -95,7 +81,7 @@ def measure(model, args, scorers, radius=4, batch=100):
         for start in range(0, len(testA), batch):
             x, y = x_all[start:start + batch], y_all[start:start + batch]
             at = dict(floc=model.DAE.boxes(x)[0][:, 0], centre=torch.zeros(len(x), 2),
-                      digit=true_centres(testA, range(start, start + len(x))))
+                      digit=digits.true_centres(testA, range(start, start + len(x))))
             got = {"points": points, **at}
             for name, c in at.items():
                 got[f"ce_{name}"] = cross_entropy_at(model, x, y, c)
@@ -138,7 +124,7 @@ def main():
         print(f"the cross-entropy averaged over the images, the box at {around} + an offset: lowest at ({dx:+.0f}, "
               f"{dy:+.0f}) px, {mean.min():.3f}; at 0, 1 and 2 px {mean[ring == 0].item():.3f}, "
               f"{mean[ring == 1].mean():.3f}, {mean[ring == 2].mean():.3f}")
-    slope, correlation, offset = follows(got["floc"], got["digit"])
+    slope, correlation, offset = digits.follows(got["floc"], got["digit"])
     print(f"f_loc's centre against the digit's, x and y: slope {slope[0]:.2f}, {slope[1]:.2f}; correlation "
           f"{correlation[0]:.2f}, {correlation[1]:.2f}; mean offset {offset[0] * size / 2:+.1f}, "
           f"{offset[1] * size / 2:+.1f} px; sd across images: f_loc's {got['floc'].std(0).norm() * size / 2:.2f} px, "

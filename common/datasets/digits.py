@@ -23,9 +23,9 @@ unsupervised domain adaptation may use) and keeps it in a cache folder; ``report
 set of A translated to B (``A2B/accuracy``), beside its floor, untranslated A (``identity/A2B/accuracy``: no
 adaptation, about chance), and its ceiling, real B (``real/A2B/accuracy``). For a model with boxes (DA-GAN's DAE)
 it also gives where the first box sits on A's test set: ``A2B/box_error_px``, the distance in pixels from its centre
-to the centre of the labelled digit's box, and ``A2B/ink_in_box``, the share of the labelled digit's ink inside it,
-each beside a box of the same size that stays at the image centre (``centred/``), the floor of a box that does not
-move.
+to the centre of the labelled digit's box, ``A2B/ink_in_box``, the share of the labelled digit's ink inside it, and
+``A2B/box_slope``, how far the box follows the digit (``follows``: 1 moves as the digit does, 0 ignores it), each
+beside a box of the same size that stays at the image centre (``centred/``), the floor of a box that does not move.
 """
 import math
 from pathlib import Path
@@ -236,6 +236,21 @@ def box_scores(centres, halves, domain, indices):
     return error, share
 
 
+def true_centres(domain, indices):
+    """The centre of each labelled digit's box, in kernels/boxmask's coordinates (the image spans [-1, 1]):
+    len(indices) × 2."""
+    return torch.stack([domain.render(i)[2][:2] + domain.render(i)[2][2:] - 1 for i in indices])
+
+
+def follows(boxes, digits):
+    """Per axis (x, y) of N × 2 centres: the least-squares slope of the boxes' centres on the digits' (1: the box
+    moves as the digit does, 0: it ignores it), their correlation, and the mean offset boxes − digits."""
+    b, d = boxes - boxes.mean(0), digits - digits.mean(0)
+    slope = (b * d).sum(0) / (d * d).sum(0)
+    correlation = (b * d).sum(0) / ((b * b).sum(0) * (d * d).sum(0)).sqrt()
+    return slope, correlation, (boxes - digits).mean(0)
+
+
 def report(translate, data, device, cache_dir, directions=("A2B",), seed=0, steps=800, boxes=None):
     """§4.3: the MNIST-like classifier's accuracy on A translated to B, on untranslated A (the floor) and on real B
     (the ceiling); with `boxes` (x -> the boxes' centres and half-sizes, B × N × 2, or None) where the first box
@@ -257,9 +272,11 @@ def report(translate, data, device, cache_dir, directions=("A2B",), seed=0, step
         placed = [boxes(x.to(device)) for x, _ in batches(testA)] if boxes else [None]
     if placed[0] is not None:
         centres, halves = (torch.cat([b[i][:, 0].cpu() for b in placed]) for i in (0, 1))
+        digits = true_centres(testA, range(len(testA)))
         for name, c in (("A2B", centres), ("centred/A2B", torch.zeros_like(centres))):
             error, share = box_scores(c, halves, testA, range(len(testA)))
-            scores.update({f"{name}/box_error_px": error / len(testA), f"{name}/ink_in_box": share / len(testA)})
+            scores.update({f"{name}/box_error_px": error / len(testA), f"{name}/ink_in_box": share / len(testA),
+                           f"{name}/box_slope": follows(c, digits)[0].mean().item()})  # x's and y's slopes, averaged
     return scores
 
 
