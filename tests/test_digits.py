@@ -75,7 +75,8 @@ def test_report_says_where_the_boxes_sit(tmp_path):
     truth = boxes[:, :2] + boxes[:, 2:] - 1  # onto [-1, 1]
     batches = iter(torch.split(truth * torch.tensor([0.5, 0.3]), 100))  # report asks for A's test set in order
     partway = lambda x: (next(batches)[:, None], torch.full((len(x), 1, 2), 0.3))  # noqa: E731
-    r = digits.report(lambda x, direction: (x, None), data, torch.device("cpu"), tmp_path, steps=60, boxes=partway)
+    r = digits.report(lambda x, direction: (x, None), data, torch.device("cpu"), tmp_path, steps=1,  # accuracy unread
+                      boxes=partway)
     assert r["A2B/box_slope"] == pytest.approx(0.4, abs=1e-5) and r["centred/A2B/box_slope"] == 0
     missed = (truth * torch.tensor([0.5, 0.7])).norm(dim=1).mean().item() * 16  # in px: 16 px a unit at 32 px
     assert r["A2B/box_error_px"] == pytest.approx(missed, rel=1e-4)
